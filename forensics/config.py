@@ -1,0 +1,204 @@
+"""The one settings object.
+
+Sources of values, highest priority first: keyword arguments, environment variables
+(``FORENSICS_`` prefix, ``__`` between nested names, e.g. ``FORENSICS_INGEST__BATCH_SIZE=8``),
+a ``.env`` file in the working directory, a TOML file given with ``--config``, defaults.
+
+Every model rejects unknown keys, so a typo fails at start-up with one line naming the key
+(see :func:`load_settings`), instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from forensics.errors import ConfigError
+
+ENV_PREFIX = "FORENSICS_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="redis://, rediss:// (TLS) or unix:// URL, with user:password for ACLs. "
+        "Unset: start an embedded redis-server on a unix socket in state_dir.",
+    )
+    prefix: str = Field("forensics", min_length=1, description="Prefix of every Redis key.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
+    socket_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a reply.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class LimitSettings(_Section):
+    max_bytes: int = Field(4 * 1024**3, gt=0, description="Largest accepted file, bytes.")
+    max_width: int = Field(4096, gt=0, description="Widest accepted video, pixels.")
+    max_height: int = Field(4096, gt=0, description="Tallest accepted video, pixels.")
+    max_duration: float = Field(4 * 3600.0, gt=0, description="Longest accepted video, seconds.")
+
+
+class IngestSettings(_Section):
+    watch_dir: Path | None = Field(None, description="Folder watched for dropped video files.")
+    done_dir: Path | None = Field(None, description="Where finished files go. Default: <watch_dir>/done.")
+    failed_dir: Path | None = Field(
+        None, description="Where unusable files go, with a .reason file. Default: <watch_dir>/failed."
+    )
+    sample: Literal["every_nth", "fps", "keyframes"] = Field(
+        "fps", description="Which decoded frames are kept: every Nth, a target rate by timestamp, or keyframes."
+    )
+    every_nth: int = Field(1, ge=1, description="With sample=every_nth: keep frame 0, N, 2N, ...")
+    fps: float = Field(2.0, gt=0, description="With sample=fps: frames kept per second of video.")
+    frame_size: int = Field(256, ge=16, le=1024, description="Side of the square images put on the stream.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Images per FrameBatch.")
+    decode_threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose.")
+    stable_seconds: float = Field(
+        1.0, ge=0, description="A dropped file is taken once its size and mtime are unchanged this long."
+    )
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between scans of the watch folder.")
+    high_water: int = Field(
+        2000, ge=1, description="File sources block while this many stream entries are unacknowledged."
+    )
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+
+class FaceSettings(_Section):
+    detector: Literal["haar", "onnx", "none"] = Field(
+        "haar", description="haar: OpenCV cascade; onnx: a YuNet-style model file; none: whole frames."
+    )
+    onnx_model: Path | None = Field(None, description="With detector=onnx: path of the face model file.")
+    detect_width: int = Field(640, ge=64, description="Frames are downscaled to this width for detection.")
+    margin: float = Field(1 / 3, ge=0, le=2, description="Crop margin on each side, as a share of the box.")
+    max_faces: int = Field(4, ge=1, description="Most faces kept per frame (largest first).")
+    min_face: int = Field(40, ge=8, description="Smallest face side searched for, in full-resolution pixels.")
+    iou_match: float = Field(0.3, gt=0, lt=1, description="IoU above which a box continues a track.")
+
+
+class LiveSourceSettings(_Section):
+    id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Stable name of the source.")
+    url: str = Field(..., description="rtsp:// URL (or any URL PyAV opens).")
+    fps: float = Field(2.0, gt=0, description="Frames sampled per second.")
+    keyframes_only: bool = Field(False, description="Decode keyframes only (cheap, low rate).")
+
+
+class DetectSettings(_Section):
+    consumer: str | None = Field(None, description="Consumer name in the group; default host-pid.")
+    max_batch: int = Field(64, ge=1, description="Most images per model call (small batches are coalesced).")
+    block_ms: int = Field(1000, ge=1, description="XREADGROUP block time, ms.")
+    claim_idle_ms: int = Field(30000, ge=100, description="Entries pending this long are reclaimed.")
+    max_deliveries: int = Field(3, ge=1, description="After this many deliveries an entry is dead-lettered.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime providers in order of preference; unavailable ones are skipped.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: its default.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus metrics port; unset: off.")
+
+
+class Settings(BaseSettings):
+    """Everything a process of the daemon can be told. One instance per process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    state_dir: Path = Field(Path(".forensics"), description="Embedded Redis data, caches, checkpoints.")
+    models_dir: Path = Field(Path("models"), description="Model registry root (versions and `current`).")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a terminal, JSON lines otherwise."
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    faces: FaceSettings = Field(default_factory=FaceSettings)
+    sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+
+    @model_validator(mode="after")
+    def _unique_source_ids(self) -> Settings:
+        ids = [s.id for s in self.sources]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate source ids: {', '.join(sorted(dup))}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml = _TOML_FILE.get("path")
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+# The TOML path is chosen at run time (--config), but pydantic-settings asks the class for its
+# sources, so the path is handed over here for the duration of one load_settings call.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(settings)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append(f"{key}: {msg}")
+    return "bad setting " + "; ".join(problems)
+
+
+def _unknown_env_keys() -> list[str]:
+    known = {name.upper() for name in Settings.model_fields}
+    unknown = []
+    for var in os.environ:
+        if var.startswith(ENV_PREFIX):
+            top = var[len(ENV_PREFIX) :].split("__", 1)[0]
+            if top not in known:
+                unknown.append(var)
+    return unknown
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, or raise ConfigError with one line naming each bad key."""
+    if config_file is not None:
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+    unknown = _unknown_env_keys()
+    if unknown:
+        raise ConfigError(f"unknown environment setting {', '.join(sorted(unknown))} (typo?)")
+    _TOML_FILE["path"] = config_file
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+    except ValueError as err:  # malformed TOML or a bad env value pydantic-settings cannot parse
+        raise ConfigError(f"cannot read settings: {err}") from None
+    finally:
+        _TOML_FILE["path"] = None

@@ -1,0 +1,45 @@
+"""The one logger setup: structlog, JSON lines off a terminal, readable console output on one.
+
+Every process calls :func:`configure_logging` once with its role; threads handling a source
+bind ``source=...`` on their logger, so every line says which role and source it is about.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(role: str, level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog for this process. ``fmt``: auto | json | console."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # contextvars do not cross into new threads, so the role is also a global default below.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(role=role)
+    _ROLE["role"] = role
+
+
+_ROLE = {"role": "cli"}
+
+
+def get_logger(**context: Any) -> Any:
+    """A logger bound to this process's role plus ``context`` (e.g. ``source=...``)."""
+    return structlog.get_logger().bind(role=_ROLE["role"], **context)

