@@ -8,6 +8,7 @@ keep their traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -37,14 +38,68 @@ def _stop_event() -> threading.Event:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.redisconn import redis_for
     from workers.ingest import FileIngest
+    from workers.live import LiveSupervisor, source_from_spec
 
     if args.watch:
         settings.ingest.watch_dir = Path(args.watch)
-    if settings.ingest.watch_dir is None:
-        raise ConfigError("nothing to ingest: give --watch DIR or set ingest.watch_dir")
+    sources = list(settings.sources)
+    for spec in args.rtsp or []:
+        src = source_from_spec(spec)
+        if any(s.id == src.id for s in sources):
+            raise ConfigError(f"--rtsp {spec!r}: source id {src.id!r} is already used")
+        sources.append(src)
+    settings.sources = sources
+    if settings.ingest.watch_dir is None and not sources:
+        raise ConfigError(
+            "nothing to ingest: give --watch DIR and/or --rtsp ID=URL (or set ingest.watch_dir or sources)"
+        )
     stop = _stop_event()
     with redis_for(settings) as (r, _url):
-        FileIngest(settings, r).run(stop)
+        files = FileIngest(settings, r) if settings.ingest.watch_dir is not None else None
+        if not sources:
+            files.run(stop)
+            return 0
+        # Files and every live source run side by side: each live source on its own threads.
+        file_thread = threading.Thread(target=files.run, args=(stop,), name="file-ingest") if files else None
+        if file_thread is not None:
+            file_thread.start()
+        try:
+            LiveSupervisor(settings, r).run(stop)
+        finally:
+            stop.set()
+            if file_thread is not None:
+                file_thread.join()
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from forensics.redisconn import redis_for
+    from workers.live import source_rows
+
+    with redis_for(settings) as (r, _url):
+        rows = source_rows(r, settings)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no sources under the prefix {settings.redis.prefix!r}")
+        return 0
+    cols = ["ID", "KIND", "STATE", "DECODED", "SAMPLED", "SENT", "DROPPED", "RECONNECTS", "LAST FRAME", "REASON"]  # fmt: skip
+    table = [cols]
+    for row in rows:
+        last = row.get("last_frame_at")
+        age = f"{time.time() - last:.1f}s ago" if isinstance(last, float) else "-"
+        table.append([
+            row["id"], str(row.get("kind", "-")), str(row.get("state", "-")),
+            *(str(row.get(k, "-")) for k in ("frames_decoded", "frames_sampled", "frames_sent", "frames_dropped",
+                                              "reconnects")),
+            age, str(row.get("reason") or "-") if row.get("state") != "streaming" else "-",
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols) - 1)]
+    for line in table:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1])
     return 0
 
 
@@ -66,6 +121,83 @@ def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _pixel_eps(text: str) -> float:
+    """'4/255' or '0.0157' -> float."""
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a radius like 4/255 or 0.0157") from None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=[str(d) for d in args.data],
+        image_size=args.size,
+        frames_per_video=args.frames,
+        gan_epochs=args.gan_epochs,
+        adv_epochs=args.adv_epochs,
+        batch_size=args.batch_size,
+        adv_mode=args.adv_mode,
+        eps=args.eps,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        resume=args.resume,
+        promote=args.promote,
+        progress=not args.no_progress,
+        run_dir=str(settings.state_dir / "train"),
+        cache_dir=str(settings.state_dir / "crops"),
+        models_dir=str(settings.models_dir),
+    )
+    out = train(cfg)
+    if out:
+        adv = out["metrics"]["adversarially_trained"]
+        summary = {
+            "version": out["version"],
+            "promoted": out["promoted"],
+            "clean_video_auc": adv["clean_video_auc"],
+            "clean_frame_auc": adv["clean_frame_auc"],
+            "pgd_success": {k: v["success_rate"] for k, v in adv["pgd"].items()},
+            "standard_pgd_success": {k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()},
+            "ood_detection": out["metrics"]["ood_detection"],
+            "anomaly_on_pgd": adv.get("anomaly_on_pgd"),
+        }
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.registry import Registry
+
+    reg = Registry(settings.models_dir)
+    if args.action == "list":
+        rows = reg.describe()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        elif not rows:
+            print(f"no models in {reg.root}")
+        for row in rows if not args.json else []:
+            mark = "*" if row["current"] else " "
+            auc = f"{row['auc']:.3f}" if isinstance(row["auc"], float) else "-"
+            print(f"{mark} {row['version']}  {row['created_at']}  size={row['input_size']}  "
+                  f"video_auc={auc}  parent={row['parent'] or '-'}")  # fmt: skip
+    elif args.action == "verify":
+        art = reg.load(args.version)
+        print(f"{art.version}: {len(art.manifest['files'])} files match the manifest")
+    elif args.action == "promote":
+        art = reg.promote(args.version, reason="manual")
+        print(f"current -> {art.version}")
+    elif args.action == "rollback":
+        art = reg.rollback()
+        print(f"current -> {art.version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forensics", description="Streaming video forensics daemon.")
     p.add_argument("--version", action="version", version=f"forensics {__version__}")
@@ -74,9 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("ingest", help="watch a folder for dropped video files and put frame batches on Redis")
+    s = sub.add_parser("ingest", help="put frame batches on Redis from dropped video files and live RTSP streams")
     s.add_argument("--watch", metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
+    s.add_argument(
+        "--rtsp", action="append", metavar="ID=URL", help="a live source, repeatable; added to the configured `sources`"
+    )
     s.set_defaults(func=cmd_ingest, role="ingest")
+
+    s = sub.add_parser("sources", help="each source's state and counters, from Redis")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sources, role="sources")
 
     s = sub.add_parser("synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
@@ -89,6 +228,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--difficulty", type=float, default=0.5, help="0 obvious swaps .. 1 subtle swaps")
     s.add_argument("--parts", type=int, default=1, help="number of dfdc_train_part_K folders")
     s.set_defaults(func=cmd_synth, role="synth")
+
+    s = sub.add_parser("train", help="train, calibrate, export and register a model from DFDC-format data")
+    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--size", type=int, default=64, help="input size S (64, 128, 256)")
+    s.add_argument("--frames", type=int, default=16, help="face crops taken from this many frames per video")
+    s.add_argument("--gan-epochs", type=int, default=8)
+    s.add_argument("--adv-epochs", type=int, default=6)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default="pgd", help="fgsm: FGSM with random start (cheap)")
+    s.add_argument("--eps", type=_pixel_eps, default=6 / 255, help="final adversarial training radius, e.g. 6/255")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--promote", action="store_true", help="promote the new version (the first one always is)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_train, role="trainer")
+
+    s = sub.add_parser("models", help="list, verify, promote or roll back model versions")
+    msub = s.add_subparsers(dest="action", metavar="ACTION")
+    msub.required = True
+    m = msub.add_parser("list", help="versions, lineage, the current one marked *")
+    m.add_argument("--json", action="store_true")
+    m = msub.add_parser("verify", help="check every file of a version against its manifest")
+    m.add_argument("version", nargs="?")
+    m = msub.add_parser("promote", help="make VERSION current (atomically)")
+    m.add_argument("version")
+    msub.add_parser("rollback", help="return to the version current before this one")
+    s.set_defaults(func=cmd_models, role="models")
     return p
 
 

@@ -11,6 +11,7 @@ Every model rejects unknown keys, so a typo fails at start-up with one line nami
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,9 @@ class IngestSettings(_Section):
         2000, ge=1, description="File sources block while this many stream entries are unacknowledged."
     )
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics port of the ingest process (live sources); unset: off."
+    )
 
 
 class FaceSettings(_Section):
@@ -88,10 +92,65 @@ class FaceSettings(_Section):
 
 
 class LiveSourceSettings(_Section):
+    """One live camera. Policy: stay current (drop the oldest samples at the source, never block)."""
+
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Stable name of the source.")
-    url: str = Field(..., description="rtsp:// URL (or any URL PyAV opens).")
-    fps: float = Field(2.0, gt=0, description="Frames sampled per second.")
-    keyframes_only: bool = Field(False, description="Decode keyframes only (cheap, low rate).")
+    url: str = Field(
+        ..., description="rtsp:// URL (or any URL PyAV opens), with user:password if the camera needs them."
+    )
+    fps: float = Field(2.0, gt=0, le=120, description="Frames sampled per second, by timestamp.")
+    keyframes_only: bool = Field(
+        False,
+        description="Decode keyframes only (cheap, low rate). Set stall_timeout above the camera's keyframe interval.",
+    )
+    decode_threads: int = Field(
+        1, ge=0, le=64, description="FFmpeg decoder threads; 0 lets FFmpeg choose (each thread adds a frame of delay)."
+    )
+    open_timeout: float = Field(5.0, gt=0, le=300, description="Seconds a camera has to answer and describe its stream.")
+    read_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds a read may wait for data before the connection is dropped."
+    )
+    stall_timeout: float = Field(
+        10.0, gt=0, le=3600, description="Watchdog: a stream that yields no frame this long is restarted."
+    )
+    backoff_initial: float = Field(0.5, gt=0, le=3600, description="First delay before reconnecting, seconds.")
+    backoff_max: float = Field(30.0, gt=0, le=3600, description="Longest delay between reconnects, seconds.")
+    backoff_jitter: float = Field(
+        0.2, ge=0, le=1, description="Each delay is scaled by a random factor in [1-jitter, 1+jitter] (then capped)."
+    )
+    stable_after: float = Field(
+        30.0, ge=0, description="Seconds of streaming after which the backoff starts again from backoff_initial."
+    )
+    down_after: float = Field(
+        10.0, ge=0, description="Not streaming this long raises a `source` down alert (an up alert follows recovery)."
+    )
+    max_pending: int = Field(
+        4, ge=1, le=1000, description="Samples waiting at the source to be sent; when full the oldest is dropped."
+    )
+    max_backlog: int = Field(
+        1000,
+        ge=1,
+        description="While the detect group has this many unacknowledged entries, nothing is sent and the "
+        "oldest pending samples are dropped.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _has_scheme(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$", v):
+            raise ValueError("must be a URL like rtsp://host:554/path")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent_times(self) -> LiveSourceSettings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(f"backoff_max ({self.backoff_max}) is below backoff_initial ({self.backoff_initial})")
+        if self.stall_timeout < self.read_timeout:
+            raise ValueError(
+                f"stall_timeout ({self.stall_timeout}) is below read_timeout ({self.read_timeout}): "
+                "a stuck read is only noticed after read_timeout"
+            )
+        return self
 
 
 class DetectSettings(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -24,18 +25,26 @@ def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
 
 
 def write_test_video(
-    path: Path, *, frames: int, fps: int, width: int, height: int, gop: int = 30, faststart: bool = True
+    path: Path,
+    *,
+    frames: int,
+    fps: int,
+    width: int,
+    height: int,
+    gop: int = 30,
+    faststart: bool = True,
+    frame_fn: Callable[[int, int, int], np.ndarray] = moving_pattern,
 ) -> Path:
-    """Encode ``frames`` frames of a moving pattern as H.264 (yuv420p) in an MP4."""
+    """Encode ``frames`` frames of ``frame_fn(index, width, height)`` (uint8 RGB) as H.264 yuv420p MP4."""
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=options) as out:
-        x264 = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        x264 = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:mbtree=0"}
         stream = out.add_stream("libx264", rate=fps, options=x264)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.time_base = Fraction(1, fps)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(moving_pattern(i, width, height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_fn(i, width, height), format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():

@@ -1,0 +1,107 @@
+"""Turning per-crop scores into decisions: one verdict per file, windowed alerts per live source.
+
+File rule: the video's score is the mean fake probability over all scored face crops, compared
+with the ``video_prob`` threshold that the trainer calibrated on validation videos with exactly
+this rule (trainer.train.video_scores). Per face track the same mean is reported, and a file is
+also called FAKE when any track with at least ``min_track_faces`` crops is over the threshold,
+so one swapped face among several real ones is not averaged away.
+
+Live rule: the mean fake probability over a sliding window of the last ``window_s`` seconds,
+with hysteresis: a ``deepfake`` alert when it rises above the threshold plus ``margin`` (with
+at least ``min_faces`` crops in the window), re-armed only after it falls below the threshold
+minus ``margin``. The same for the anomaly rate in the window against ``anomaly_rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """One scored crop, as stored between batches (JSON-friendly)."""
+
+    frame: int
+    pts: float | None
+    track: int | None
+    prob: float
+    anomaly: float
+    anomalous: bool
+    box: list[int]
+
+    def to_json(self) -> list:
+        return [self.frame, self.pts, self.track, round(self.prob, 6), round(self.anomaly, 4), int(self.anomalous), self.box]
+
+    @classmethod
+    def from_json(cls, v: list) -> CropRecord:
+        return cls(int(v[0]), v[1], v[2], float(v[3]), float(v[4]), bool(v[5]), list(v[6]))
+
+
+def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[str, Any],
+                 min_track_faces: int = 3) -> dict[str, Any]:  # fmt: skip
+    """The fields of a ``verdict`` alert for a finished file."""
+    recs = list(records)
+    frames = {r.frame for r in recs}
+    base = {
+        "file": eof.get("file"),
+        "threshold": threshold,
+        "frames_decoded": eof.get("frames_decoded", 0),
+        "frames_sampled": eof.get("frames_sampled", 0),
+        "frames_scored": len(frames),
+        "faces_scored": len(recs),
+    }
+    if eof.get("error"):
+        return {**base, "label": "ERROR", "score": None, "error": eof["error"], "anomaly_rate": None, "tracks": {}}
+    if not recs:
+        return {**base, "label": "NO_FACES", "score": None, "anomaly_rate": None, "tracks": {},
+                "reason": "no face was found in any sampled frame"}  # fmt: skip
+    score = sum(r.prob for r in recs) / len(recs)
+    tracks: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        t = tracks.setdefault(str(r.track), {"faces": 0, "sum": 0.0, "anomalous": 0})
+        t["faces"] += 1
+        t["sum"] += r.prob
+        t["anomalous"] += int(r.anomalous)
+    track_out = {
+        k: {"faces": v["faces"], "score": v["sum"] / v["faces"], "anomaly_rate": v["anomalous"] / v["faces"]}
+        for k, v in tracks.items()
+    }
+    fake_track = any(t["faces"] >= min_track_faces and t["score"] > threshold for t in track_out.values())
+    worst = max(recs, key=lambda r: r.prob)
+    return {
+        **base,
+        "label": "FAKE" if (score > threshold or fake_track) else "REAL",
+        "score": score,
+        "anomaly_rate": sum(r.anomalous for r in recs) / len(recs),
+        "tracks": track_out,
+        "evidence": {"frame": worst.frame, "pts": worst.pts, "box": worst.box, "fake_prob": worst.prob,
+                     "mahalanobis": worst.anomaly, "track": worst.track},  # fmt: skip
+    }
+
+
+@dataclass
+class WindowDecision:
+    deepfake: str | None  # "on" when the alert should fire now, "off" when it re-arms, else None
+    anomaly: str | None
+    mean_prob: float
+    anomaly_rate: float
+    faces: int
+
+
+def window_decision(probs: list[float], flags: list[bool], state: dict[str, str], *, threshold: float,
+                    margin: float, min_faces: int, anomaly_rate: float) -> WindowDecision:  # fmt: skip
+    """Hysteresis over a live source's window. ``state`` holds "deepfake"/"anomaly": "on"|"off"."""
+    n = len(probs)
+    mean = sum(probs) / n if n else 0.0
+    rate = sum(flags) / n if n else 0.0
+    deepfake = anomaly = None
+    if state.get("deepfake") != "on" and n >= min_faces and mean > threshold + margin:
+        deepfake = "on"
+    elif state.get("deepfake") == "on" and mean < threshold - margin:
+        deepfake = "off"
+    if state.get("anomaly") != "on" and n >= min_faces and rate > anomaly_rate:
+        anomaly = "on"
+    elif state.get("anomaly") == "on" and rate < anomaly_rate / 2:
+        anomaly = "off"
+    return WindowDecision(deepfake, anomaly, mean, rate, n)

@@ -1,0 +1,289 @@
+"""trainer.attacks: parity with torchattacks, strength on a trained model, bounds, zero gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forensics.errors import AttackError
+from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, zero_gradient_share
+from trainer.models import LogitsOnly, build_discriminator
+
+torchattacks = pytest.importorskip("torchattacks")
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The cores are shared with other jobs.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _checkerboard_problem(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random images; fakes (y=1) carry a pixel checkerboard of amplitude 0.02..0.10.
+
+    Faint fakes sit close to the boundary, so an eps of a few /255 flips some, not all.
+    """
+    base = F.interpolate(torch.rand(n, 3, 8, 8, generator=generator), size=SIZE, mode="bilinear")
+    base = 0.25 + 0.5 * base
+    y = (torch.rand(n, generator=generator) < 0.5).float()
+    idx = torch.arange(SIZE)
+    checker = ((idx.view(-1, 1) + idx.view(1, -1)) % 2).float() * 2 - 1
+    amplitude = 0.02 + 0.08 * torch.rand(n, 1, 1, 1, generator=generator)
+    x = base + amplitude * y.view(-1, 1, 1, 1) * checker
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(model returning logits [N], test images [128,3,32,32], labels [128]) after ~1.5 s of training."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = LogitsOnly(build_discriminator(SIZE, base_width=16, max_width=64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    for _ in range(150):
+        x, y = _checkerboard_problem(32, generator)
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    x, y = _checkerboard_problem(128, generator)
+    return model, x, y
+
+
+class TwoClassLogits(nn.Module):
+    """[0, z] as two-class logits: cross-entropy on them equals BCE-with-logits on z."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        # torchattacks calls .train() after the attack when the wrapper was in training
+        # mode (the default), which would leave the shared model's spectral norm iterating.
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+class ScaledLogits(nn.Module):
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.model(x)
+
+
+class MeanBrightness(nn.Module):
+    """logit = mean pixel value - 0.5: bright images are called FAKE."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)) - 0.5
+
+
+class ZeroWeights(nn.Module):
+    """A dead model: a linear layer with zero weights, so every input gradient is exactly zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * SIZE * SIZE, 1)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)).flatten()
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return ((model(x) > 0).float() == y).float().mean().item()
+
+
+def _unsaturated(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # torchattacks' softmax gradient rounds to 0 beyond |z| ~ 17; compare where it does not.
+    with torch.no_grad():
+        keep = model(x).abs() < 15
+    return x[keep], y[keep]
+
+
+def test_fgsm_matches_torchattacks_bit_for_bit(trained):
+    model, x, y = trained
+    x, y = _unsaturated(model, x, y)
+    assert len(x) > 64 and 0 < y.mean().item() < 1
+    eps = 4 / 255
+    ours = fgsm(model, x, y, eps)
+    theirs = torchattacks.FGSM(TwoClassLogits(model), eps=eps)(x, y.long())
+    assert torch.equal(ours, theirs)
+
+
+def test_pgd_matches_torchattacks_without_random_start(trained):
+    model, x, y = trained
+    x, y = _unsaturated(model, x, y)
+    eps = 4 / 255
+    ours = pgd(model, x, y, eps, alpha=eps / 4, steps=10, random_start=False)
+    theirs = torchattacks.PGD(TwoClassLogits(model), eps=eps, alpha=eps / 4, steps=10, random_start=False)(
+        x, y.long()
+    )
+    assert torch.equal(ours, theirs)
+
+
+def test_confidently_classified_examples_are_still_attacked_where_torchattacks_stalls(trained):
+    model, x, y = trained
+    saturated = ScaledLogits(model, 4.0).eval()
+    with torch.no_grad():
+        logits = saturated(x)
+    # Confident fakes: 1 - sigmoid(z) rounds to 0 in float32 beyond z ~ 17, exp(-z) not until ~88.
+    # (Confident reals are safe either way: sigmoid(z) itself stays nonzero.)
+    confident = (y == 1) & (logits > 20) & (logits < 80)
+    assert confident.sum().item() >= 10
+    x, y = x[confident], y[confident]
+    eps = 2 / 255
+    theirs = torchattacks.FGSM(TwoClassLogits(saturated), eps=eps)(x, y.long())
+    ours = fgsm(saturated, x, y, eps)
+    assert torch.equal(theirs, x)  # masked: the attack did nothing
+    moved = (ours - x).flatten(1).abs().amax(dim=1)
+    assert moved.min().item() == pytest.approx(eps, abs=1e-6)
+    with torch.no_grad():
+        assert (saturated(ours) - saturated(x)).abs().min().item() > 0  # and the logits moved
+
+
+def test_attacks_lower_accuracy_of_a_trained_discriminator(trained):
+    model, x, y = trained
+    clean = _accuracy(model, x, y)
+    assert clean >= 0.95
+    eps = 8 / 255
+    generator = torch.Generator().manual_seed(1)
+    after_fgsm = _accuracy(model, fgsm(model, x, y, eps), y)
+    after_fgsm_rs = _accuracy(model, fgsm(model, x, y, eps, random_start=True, generator=generator), y)
+    after_pgd = _accuracy(model, pgd(model, x, y, eps, steps=10, restarts=2, generator=generator), y)
+    assert after_fgsm <= clean - 0.3
+    assert after_fgsm_rs <= clean - 0.3
+    assert after_pgd <= after_fgsm + 0.02  # iterating never does worse than one step here
+    x_df = deepfool(model, x)
+    assert attack_success_rate(model, x, x_df, y) >= 0.95
+
+
+def test_deepfool_steps_just_across_the_boundary(trained):
+    model, x, _ = trained
+    x_adv = deepfool(model, x)
+    with torch.no_grad():
+        clean, adv = model(x), model(x_adv)
+        flipped = (clean > 0) != (adv > 0)
+        halfway = model(x + 0.5 * (x_adv - x))
+    assert flipped.float().mean().item() >= 0.95
+    # Minimal: half the perturbation mostly does not cross yet.
+    assert ((halfway > 0) == (clean > 0))[flipped].float().mean().item() >= 0.8
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda m, x, y, eps, g: fgsm(m, x, y, eps),
+        lambda m, x, y, eps, g: fgsm(m, x, y, eps, random_start=True, generator=g),
+        lambda m, x, y, eps, g: pgd(m, x, y, eps, steps=5, restarts=2, generator=g),
+        lambda m, x, y, eps, g: pgd(m, x, y, eps, alpha=eps, steps=3, random_start=False),
+    ],
+    ids=["fgsm", "fgsm-rs", "pgd-restarts", "pgd-large-alpha"],
+)
+def test_attacks_stay_in_the_eps_ball_and_unit_range(trained, attack):
+    model, x, y = trained
+    eps = 6 / 255
+    x_adv = attack(model, x, y, eps, torch.Generator().manual_seed(2))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert (x_adv - x).abs().max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+
+
+def test_pgd_restarts_keep_the_highest_loss_per_example(trained):
+    model, x, y = trained
+    eps = 3 / 255
+
+    def losses(x_adv):
+        with torch.no_grad():
+            return F.binary_cross_entropy_with_logits(model(x_adv), y, reduction="none")
+
+    single = losses(pgd(model, x, y, eps, steps=3, generator=torch.Generator().manual_seed(7)))
+    repeat = losses(pgd(model, x, y, eps, steps=3, generator=torch.Generator().manual_seed(7)))
+    several = losses(pgd(model, x, y, eps, steps=3, restarts=4, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(single, repeat)  # a seeded generator makes PGD reproducible
+    assert (several >= single).all()  # the first restart is the single run; others only replace it
+    assert (several > single).any()
+
+
+def test_attacks_leave_model_parameters_buffers_grads_and_mode_unchanged():
+    torch.manual_seed(3)
+    model = LogitsOnly(build_discriminator(SIZE, base_width=8, max_width=32)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 3, SIZE, SIZE)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    fgsm(model, x, y, 4 / 255, random_start=True)
+    pgd(model, x, y, 4 / 255, steps=2)
+    deepfool(model, x, steps=3)
+    zero_gradient_share(model, x, y)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # incl. spectral-norm u, v
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda m, x, y: fgsm(m, x, y, 4 / 255),
+        lambda m, x, y: fgsm(m, x, y, 4 / 255, random_start=True),
+        lambda m, x, y: pgd(m, x, y, 4 / 255, steps=2),
+        lambda m, x, y: deepfool(m, x),
+    ],
+    ids=["fgsm", "fgsm-rs", "pgd", "deepfool"],
+)
+def test_a_model_with_zero_input_gradients_raises_attack_error(attack):
+    x = torch.rand(4, 3, SIZE, SIZE)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(AttackError, match="gradient is exactly zero for all 4 examples"):
+        attack(ZeroWeights(), x, y)
+
+
+def test_stale_spectral_norm_saturates_and_raises_attack_error():
+    torch.manual_seed(4)
+    d = build_discriminator(SIZE, base_width=8, max_width=32)
+    with torch.no_grad():
+        for m in d.modules():
+            if isinstance(m, nn.Conv2d):
+                m.parametrizations.weight.original.normal_(0.0, 0.02)  # u, v now stale
+    model = LogitsOnly(d).eval()
+    x = torch.rand(6, 3, SIZE, SIZE)
+    with torch.no_grad():
+        predicted = (model(x) > 0).float()
+    with pytest.raises(AttackError, match="saturated"):
+        pgd(model, x, predicted, 4 / 255)
+    # Half the labels wrong: those examples still have gradients, the rest cannot move.
+    mixed = torch.where(torch.arange(6) < 3, predicted, 1 - predicted)
+    assert zero_gradient_share(model, x, mixed) == pytest.approx(0.5)
+    x_adv = pgd(model, x, mixed, 4 / 255, random_start=False)
+    assert torch.equal(x_adv[:3], x[:3])
+    assert (x_adv[3:] - x[3:]).flatten(1).abs().amax(dim=1).min().item() > 0
+
+
+def test_attack_success_rate_counts_only_examples_correct_on_clean_input():
+    model = MeanBrightness()
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0])
+
+    def images(means):
+        return torch.tensor(means).view(-1, 1, 1, 1).expand(-1, 3, SIZE, SIZE).clone()
+
+    clean = images([0.7, 0.3, 0.2, 0.8])  # correct: 0 and 2; 1 and 3 are already wrong
+    adv = images([0.4, 0.7, 0.3, 0.8])  # 0 flipped to REAL, 2 still REAL
+    assert attack_success_rate(model, clean, adv, y) == pytest.approx(0.5)
+    assert attack_success_rate(model, clean, images([0.4, 0.3, 0.6, 0.8]), y) == pytest.approx(1.0)
+    assert attack_success_rate(model, clean, adv, y, threshold=0.25) == pytest.approx(0.0)  # nothing FAKE
+    none_correct = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert math.isnan(attack_success_rate(model, images([0.7, 0.7, 0.2, 0.2]), adv, none_correct))

@@ -1,0 +1,353 @@
+"""DFDC-format data: read labels, split without leakage, cache face crops, serve them to torch.
+
+Layouts read:
+
+- training parts: a folder with ``metadata.json`` mapping file name to
+  ``{"label": "REAL"|"FAKE", "split": ..., "original": "<real clip>.mp4"}`` beside the ``*.mp4``;
+- test-set style: a folder with ``labels.csv`` (``filename,label``; 0 real, 1 fake).
+
+Splits are made by *group*: a fake's group is its original, a real clip is its own group, so a
+fake and its source never straddle train and validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from forensics.config import FaceSettings, LimitSettings
+from forensics.errors import BadVideo, ForensicsError
+from forensics.faces import build_cropper
+from forensics.logs import get_logger
+from forensics.video import FrameSampler, decode_file
+
+REAL, FAKE = 0, 1
+
+
+class DatasetError(ForensicsError):
+    """A dataset folder is missing or its labels are malformed."""
+
+
+@dataclass(frozen=True)
+class Video:
+    path: Path
+    label: int  # 0 REAL, 1 FAKE
+    group: str  # split key: the original clip for fakes, the clip itself for reals
+    original: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_dataset(roots: Sequence[str | Path]) -> list[Video]:
+    """All labelled videos under the given folders (each a DFDC part, or a parent of parts)."""
+    videos: list[Video] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise DatasetError(f"dataset folder {root} does not exist")
+        found = sorted({p.parent for p in root.rglob("metadata.json")} | {p.parent for p in root.rglob("labels.csv")})
+        if not found:
+            raise DatasetError(f"{root}: no metadata.json or labels.csv found")
+        for part in found:
+            if (part / "metadata.json").exists():
+                videos += _read_metadata(part)
+            else:
+                videos += _read_labels_csv(part / "labels.csv")
+    names = [str(v.path) for v in videos]
+    if len(set(names)) != len(names):
+        raise DatasetError("the same video is listed twice across the given folders")
+    return videos
+
+
+def _read_metadata(part: Path) -> list[Video]:
+    try:
+        meta = json.loads((part / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{part / 'metadata.json'}: cannot read ({err})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{part / 'metadata.json'}: expected an object of file name -> entry")
+    out = []
+    for name, entry in sorted(meta.items()):
+        label = str(entry.get("label", "")).upper() if isinstance(entry, dict) else ""
+        if label not in ("REAL", "FAKE"):
+            raise DatasetError(f"{part / 'metadata.json'}: {name} has label {label or 'missing'}, not REAL or FAKE")
+        original = entry.get("original") if label == "FAKE" else None
+        # Groups are per part folder: originals are named within their part.
+        group = f"{part.name}/{original or name}"
+        out.append(Video(part / name, REAL if label == "REAL" else FAKE, group, original))
+    return out
+
+
+def _read_labels_csv(path: Path) -> list[Video]:
+    out = []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err})") from None
+    for i, row in enumerate(rows, start=2):
+        name, label = (row.get("filename") or "").strip(), (row.get("label") or "").strip()
+        if not name or label not in ("0", "1", "0.0", "1.0"):
+            raise DatasetError(f"{path}:{i}: expected filename,label with label 0 or 1, got {row}")
+        out.append(Video(path.parent / name, int(float(label)), f"{path.parent.name}/{name}"))
+    return out
+
+
+def split_by_group(
+    videos: Sequence[Video], *, val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> dict[str, list[Video]]:
+    """train/val/test lists; every video of a group lands in the same split.
+
+    Groups are shuffled with ``seed`` and cut by their share of videos, so the splits get
+    close to the requested shares even with few groups.
+    """
+    groups: dict[str, list[Video]] = {}
+    for v in videos:
+        groups.setdefault(v.group, []).append(v)
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    total = len(videos)
+    out: dict[str, list[Video]] = {"test": [], "val": [], "train": []}
+    for g in order:
+        if len(out["test"]) < test * total:
+            out["test"] += groups[g]
+        elif len(out["val"]) < val * total:
+            out["val"] += groups[g]
+        else:
+            out["train"] += groups[g]
+    return out
+
+
+# ---- face crop cache -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    size: int = 64
+    frames_per_video: int = 32
+    margin: float = 1 / 3
+    detector: str = "haar"
+    detect_width: int = 640
+    max_faces: int = 1
+
+    def key(self) -> str:
+        raw = json.dumps(asdict(self), sort_keys=True)
+        return f"s{self.size}_n{self.frames_per_video}_" + hashlib.sha1(raw.encode()).hexdigest()[:8]
+
+
+def _shard_name(video: Video) -> str:
+    return hashlib.sha1(str(video.path.resolve()).encode()).hexdigest()[:16]
+
+
+def evenly_spaced(n_frames: int, k: int) -> set[int]:
+    """k frame indices spread evenly over [0, n_frames)."""
+    if n_frames <= 0:
+        return set()
+    if k >= n_frames:
+        return set(range(n_frames))
+    return {int(i) for i in np.linspace(0, n_frames - 1, k).round()}
+
+
+def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
+    """Face crops of ``cfg.frames_per_video`` evenly spaced frames.
+
+    Returns images uint8 [K, S, S, 3], frame_index int32 [K], track int32 [K]. Raises BadVideo.
+    """
+    from forensics.video import probe  # noqa: PLC0415
+
+    limits = LimitSettings()
+    info = probe(video.path, limits)
+    n = info.frames or int(round((info.duration or 0) * (info.fps or 0)))
+    wanted = evenly_spaced(n, cfg.frames_per_video) if n else None
+    faces = FaceSettings(
+        detector=cfg.detector, margin=cfg.margin, detect_width=cfg.detect_width, max_faces=cfg.max_faces
+    )
+    cropper = build_cropper(faces, cfg.size)
+    images, frames, tracks = [], [], []
+    for df in decode_file(video.path, limits, FrameSampler("every_nth", every_nth=1)):
+        if wanted is not None and df.index not in wanted:
+            continue
+        for crop in cropper.crops(df):
+            images.append(crop.image)
+            frames.append(df.index)
+            tracks.append(-1 if crop.track is None else crop.track)
+    return {
+        "images": np.stack(images) if images else np.zeros((0, cfg.size, cfg.size, 3), np.uint8),
+        "frame_index": np.asarray(frames, np.int32),
+        "track": np.asarray(tracks, np.int32),
+    }
+
+
+def _extract_to_shard(video: Video, cfg: CropConfig, shard: Path) -> tuple[str, int, str]:
+    try:
+        arrays = extract_crops(video, cfg)
+    except BadVideo as err:
+        shard.with_suffix(".failed").write_text(str(err) + "\n")
+        return video.name, -1, str(err)
+    tmp = shard.with_name(shard.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, shard)  # atomic: a shard either exists whole or not at all
+    return video.name, int(arrays["images"].shape[0]), ""
+
+
+class CropCache:
+    """Face crops per video on disk (one ``.npz`` shard each), resumable and shared between runs."""
+
+    def __init__(self, root: str | Path, cfg: CropConfig):
+        self.cfg = cfg
+        self.dir = Path(root) / cfg.key()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        self.log = get_logger()
+
+    def shard(self, video: Video) -> Path:
+        return self.dir / f"{_shard_name(video)}.npz"
+
+    def missing(self, videos: Iterable[Video]) -> list[Video]:
+        return [
+            v for v in videos if not self.shard(v).exists() and not self.shard(v).with_suffix(".failed").exists()
+        ]
+
+    def build(self, videos: Sequence[Video], *, workers: int = 2, progress: bool = True) -> dict[str, int]:
+        """Extract crops of every video not cached yet, in parallel; returns counts."""
+        todo = self.missing(videos)
+        counts = {"cached": len(videos) - len(todo), "extracted": 0, "failed": 0, "crops": 0}
+        if not todo:
+            return counts
+        bar = _progress(len(todo), "face crops", progress)
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(_extract_to_shard, v, self.cfg, self.shard(v)) for v in todo]
+            for fut in as_completed(futures):
+                name, n, err = fut.result()
+                if err:
+                    counts["failed"] += 1
+                    self.log.warning("video skipped", video=name, reason=err)
+                else:
+                    counts["extracted"] += 1
+                    counts["crops"] += n
+                bar.update(1)
+        bar.close()
+        return counts
+
+    def failures(self, videos: Iterable[Video]) -> dict[str, str]:
+        out = {}
+        for v in videos:
+            f = self.shard(v).with_suffix(".failed")
+            if f.exists():
+                out[v.name] = f.read_text().strip()
+        return out
+
+    def load(self, videos: Sequence[Video]) -> CropSet:
+        """All cached crops of these videos as one in-memory set (skipping failed videos)."""
+        images, labels, vid, frames = [], [], [], []
+        kept: list[Video] = []
+        for v in videos:
+            path = self.shard(v)
+            if not path.exists():
+                continue
+            with np.load(path, allow_pickle=False) as z:
+                imgs = z["images"]
+                fi = z["frame_index"]
+            vi = len(kept)
+            kept.append(v)
+            images.append(imgs)
+            labels.append(np.full(len(imgs), v.label, np.int64))
+            vid.append(np.full(len(imgs), vi, np.int64))
+            frames.append(fi.astype(np.int64))
+        s = self.cfg.size
+        return CropSet(
+            images=np.concatenate(images) if images else np.zeros((0, s, s, 3), np.uint8),
+            labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+            video=np.concatenate(vid) if vid else np.zeros(0, np.int64),
+            frame_index=np.concatenate(frames) if frames else np.zeros(0, np.int64),
+            videos=kept,
+        )
+
+
+@dataclass
+class CropSet:
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    labels: np.ndarray  # int64 [N], 0 REAL 1 FAKE
+    video: np.ndarray  # int64 [N], index into ``videos``
+    frame_index: np.ndarray  # int64 [N]
+    videos: list[Video]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def fingerprint(self) -> str:
+        """sha256 over the crops and labels: identifies the exact training data."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.tobytes())
+        return h.hexdigest()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm  # noqa: PLC0415 - trainer-only dependency
+
+    return tqdm(total=total, desc=desc, unit="video", disable=not enabled, dynamic_ncols=True)
+
+
+# ---- torch side -----------------------------------------------------------------------------
+
+
+def training_transform(size: int):
+    """torchvision v2 pipeline on uint8 CHW tensors -> float32 [3, size, size] in [0, 1]."""
+    import torch  # noqa: PLC0415
+    from torchvision.transforms import v2  # noqa: PLC0415
+
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=20, scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR),
+            v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def eval_transform(size: int):
+    import torch  # noqa: PLC0415
+    from torchvision.transforms import v2  # noqa: PLC0415
+
+    return v2.Compose(
+        [
+            v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def torch_dataset(crops: CropSet, transform):
+    """A torch Dataset of (image float32 [3,S,S] in [0,1], label float32) over a CropSet."""
+    import torch  # noqa: PLC0415
+    from torch.utils.data import Dataset  # noqa: PLC0415
+
+    class _Crops(Dataset):
+        def __init__(self):
+            self.images = torch.from_numpy(crops.images).permute(0, 3, 1, 2)  # uint8 NCHW view
+            self.labels = torch.from_numpy(crops.labels.astype(np.float32))
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return transform(self.images[i]), self.labels[i]
+
+    return _Crops()
+
+
+def as_float_tensor(images: np.ndarray):
+    """uint8 [N, S, S, 3] -> torch float32 [N, 3, S, S] in [0, 1]."""
+    import torch  # noqa: PLC0415
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)

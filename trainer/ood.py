@@ -1,0 +1,104 @@
+"""Out-of-distribution crops for testing the anomaly scorer: things that are not clean face crops.
+
+All functions return uint8 [N, S, S, 3] RGB, deterministic for a seed.
+
+Categories (see :func:`ood_sets`): ``non_face`` (patches of natural images that packages ship:
+cats, coffee, rockets, coins, bricks, grass), ``noise`` (clean crops under heavy Gaussian
+noise), ``blur`` (clean crops under heavy Gaussian blur), ``cartoon`` (flat-shaded drawn faces).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_NATURAL = ("chelsea", "coffee", "rocket", "coins", "brick", "grass", "gravel", "camera", "page", "hubble_deep_field")
+
+
+def non_face_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
+    from skimage import data as skdata  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for name in _NATURAL:
+        img = getattr(skdata, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        sources.append(img[..., :3].astype(np.uint8))
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = sources[i % len(sources)]
+        h, w = img.shape[:2]
+        side = int(rng.integers(min(h, w) // 4, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out[i] = cv2.resize(img[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def heavy_noise(crops: np.ndarray, sigma: float = 0.25, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noisy = crops.astype(np.float32) / 255 + rng.normal(0, sigma, crops.shape).astype(np.float32)
+    return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)
+
+
+def heavy_blur(crops: np.ndarray, sigma_px: float | None = None) -> np.ndarray:
+    sigma = sigma_px if sigma_px is not None else crops.shape[1] / 16
+    return np.stack([cv2.GaussianBlur(c, (0, 0), sigma) for c in crops])
+
+
+def cartoon_faces(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Flat-shaded drawn faces: head ellipse, eyes, brows, nose, mouth, hair, plain background."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), np.uint8)
+    s = size / 64
+    for i in range(n):
+        img = np.full((size, size, 3), rng.integers(0, 256, 3), np.uint8)
+        skin = tuple(int(v) for v in rng.integers(80, 256, 3))
+        cx, cy = size // 2 + int(rng.integers(-3, 4) * s), size // 2 + int(rng.integers(-3, 4) * s)
+        ax, ay = int(rng.integers(16, 22) * s), int(rng.integers(20, 27) * s)
+        hair = tuple(int(v) for v in rng.integers(0, 256, 3))
+        cv2.ellipse(img, (cx, cy - int(6 * s)), (ax + int(2 * s), ay), 0, 180, 360, hair, -1)
+        cv2.ellipse(img, (cx, cy), (ax, ay), 0, 0, 360, skin, -1)
+        eye_dx, eye_y = int(rng.integers(6, 9) * s), cy - int(rng.integers(4, 8) * s)
+        for dx in (-eye_dx, eye_dx):
+            cv2.circle(img, (cx + dx, eye_y), max(1, int(3 * s)), (255, 255, 255), -1)
+            cv2.circle(img, (cx + dx, eye_y), max(1, int(1.5 * s)), (20, 20, 20), -1)
+            cv2.line(img, (cx + dx - int(3 * s), eye_y - int(5 * s)), (cx + dx + int(3 * s), eye_y - int(5 * s)),
+                     hair, max(1, int(s)))  # fmt: skip
+        cv2.line(img, (cx, cy - int(2 * s)), (cx - int(2 * s), cy + int(5 * s)), (60, 40, 40), max(1, int(s)))
+        cv2.ellipse(img, (cx, cy + int(11 * s)), (int(rng.integers(5, 9) * s), int(3 * s)), 0, 0, 180,
+                    (40, 0, 0), max(1, int(s)))  # fmt: skip
+        out[i] = img
+    return out
+
+
+def ood_sets(clean: np.ndarray, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The four OOD categories, ``n`` crops each, at the size of ``clean`` crops."""
+    size = clean.shape[1]
+    rng = np.random.default_rng(seed)
+    pick = clean[rng.choice(len(clean), size=min(n, len(clean)), replace=False)]
+    return {
+        "non_face": non_face_patches(n, size, seed),
+        "noise": heavy_noise(pick, seed=seed),
+        "blur": heavy_blur(pick),
+        "cartoon": cartoon_faces(n, size, seed),
+    }
+
+
+def scorer_fit_positives(clean: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Generic 'not a clean crop' examples for fitting the scorer's layer weights.
+
+    Deliberately unlike the test categories: uniform random pixels and crops whose 8x8
+    tiles are shuffled, so the layer weights are not fit to the OOD kinds they are tested on.
+    """
+    rng = np.random.default_rng(seed)
+    n, size = len(clean), clean.shape[1]
+    uniform = rng.integers(0, 256, (n // 2, size, size, 3), dtype=np.uint8)
+    tile = max(4, size // 8)
+    k = size // tile
+    shuffled = clean[: n - n // 2].copy()
+    for img in shuffled:
+        tiles = img[: k * tile, : k * tile].reshape(k, tile, k, tile, 3).transpose(0, 2, 1, 3, 4).reshape(k * k, tile, tile, 3)
+        tiles = tiles[rng.permutation(k * k)]
+        img[: k * tile, : k * tile] = tiles.reshape(k, k, tile, tile, 3).transpose(0, 2, 1, 3, 4).reshape(k * tile, k * tile, 3)
+    return np.concatenate([uniform, shuffled])
