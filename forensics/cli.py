@@ -103,6 +103,119 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics import metrics as metrics_mod
+    from forensics.redisconn import redis_for
+    from workers.detect import DetectWorker
+
+    stop = _stop_event()
+    with redis_for(settings) as (r, _url):
+        worker = DetectWorker(settings, r, consumer=args.consumer)
+        worker.load_initial()
+        if settings.detect.metrics_port is not None:
+            worker.metrics = metrics_mod.DetectMetrics()
+            worker.metrics.set_model(worker.model.artifact.version)
+            metrics_mod.serve(settings.detect.metrics_port, worker.metrics,
+                              lambda: {"model": worker.model.artifact.version, **worker.stats})  # fmt: skip
+        worker.run(stop)
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.errors import BadVideo
+    from forensics.model import load_model
+    from forensics.registry import Registry
+    from forensics.scan import scan_file
+
+    model = load_model(Registry(settings.models_dir), args.model, providers=settings.detect.providers)
+    status = 0
+    for path in args.files:
+        try:
+            verdict = scan_file(path, settings, model)
+        except BadVideo as err:
+            print(f"forensics: error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        except FileNotFoundError:
+            print(f"forensics: error: {path}: no such file", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps({"path": str(path), **verdict}))
+        else:
+            score = "-" if verdict["score"] is None else f"{verdict['score']:.3f}"
+            print(f"{path}: {verdict['label']}  score={score} (threshold {verdict['threshold']:.3f})  "
+                  f"faces={verdict['faces_scored']} frames={verdict['frames_scored']}  "
+                  f"anomaly_rate={verdict['anomaly_rate'] if verdict['anomaly_rate'] is None else round(verdict['anomaly_rate'], 3)}")  # fmt: skip
+    return status
+
+
+def format_alert(event: dict) -> str:
+    """One readable line for an alert."""
+    kind, src = event.get("kind"), event.get("source")
+    if kind == "verdict":
+        score = event.get("score")
+        score = "-" if score is None else f"{score:.3f}"
+        return (f"[verdict] {event.get('file') or src}: {event.get('label')}  score={score} "
+                f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}")  # fmt: skip
+    if kind == "deepfake":
+        return f"[deepfake] {src}: window score {event.get('score', 0):.3f} > {event.get('threshold', 0):.3f}"
+    if kind == "anomaly":
+        return f"[anomaly] {src}: anomaly rate {event.get('anomaly_rate', 0):.2f}"
+    if kind == "source":
+        return f"[source] {src}: {event.get('state')} {event.get('reason') or ''}".rstrip()
+    return json.dumps(event)
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.alerts import parse_alert
+    from forensics.redisconn import redis_for
+    from forensics.streams import Keys
+
+    stop = _stop_event()
+    pretty = sys.stdout.isatty() and not args.json
+    with redis_for(settings) as (r, _url):
+        stream = Keys(settings.redis.prefix).alerts
+        last = args.since or "$"
+        seen = 0
+        while not stop.is_set():
+            reply = r.xread({stream: last}, count=100, block=500)
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        event = parse_alert(fields[b"event"])
+                    except (KeyError, ValueError):
+                        continue
+                    if args.kind and event["kind"] not in args.kind:
+                        continue
+                    print(format_alert(event) if pretty else json.dumps(event), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return 0
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.supervisor import Supervisor
+
+    roles: list[tuple[str, list[str]]] = []
+    if settings.ingest.watch_dir is not None or settings.sources or args.watch:
+        roles.append(("ingest", ["ingest"] + (["--watch", str(args.watch)] if args.watch else [])))
+    roles += [(f"detect-{i}", ["detect"]) for i in range(args.detect_workers)]
+    sup = Supervisor(settings, roles, config=args.config, max_restarts=args.max_restarts)
+    url = sup.start()
+    print(f"forensics up: {', '.join(n for n, _ in roles)} on {url}", flush=True)
+    sup.watch(_stop_event())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.demo import run_demo
+
+    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config)
+
+
 def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.synth import generate_dataset
 
@@ -216,6 +329,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sources", help="each source's state and counters, from Redis")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sources, role="sources")
+
+    s = sub.add_parser("detect", help="score frame batches from Redis; publish results, verdicts and alerts")
+    s.add_argument("--consumer", help="consumer name in the group (default: host-pid)")
+    s.set_defaults(func=cmd_detect, role="detect")
+
+    s = sub.add_parser("scan", help="one-shot verdicts for video files, in this process, without Redis")
+    s.add_argument("files", nargs="+", type=Path)
+    s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--model", help="model version (default: current)")
+    s.set_defaults(func=cmd_scan, role="scan")
+
+    s = sub.add_parser("alerts", help="follow the alerts stream")
+    asub = s.add_subparsers(dest="action", metavar="ACTION")
+    asub.required = True
+    a = asub.add_parser("tail", help="print alerts as they arrive (pretty on a terminal, JSON lines otherwise)")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--kind", action="append", choices=["verdict", "deepfake", "anomaly", "source"])
+    a.add_argument("--since", metavar="ID", help="start after this stream id (0 = from the beginning; default: now)")
+    a.add_argument("--count", type=int, default=0, help="exit after this many alerts")
+    s.set_defaults(func=cmd_alerts, role="alerts")
+
+    s = sub.add_parser("up", help="run ingest and detect (and an embedded Redis) as supervised local processes")
+    s.add_argument("--watch", type=Path, metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
+    s.add_argument("--detect-workers", type=int, default=1)
+    s.add_argument("--max-restarts", type=int, default=5, help="per role within a minute, then give up")
+    s.set_defaults(func=cmd_up, role="supervisor")
+
+    s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
+    s.add_argument("--videos", type=int, default=160, help="synthetic training videos")
+    s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
+    s.set_defaults(func=cmd_demo, role="demo")
 
     s = sub.add_parser("synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")

@@ -165,6 +165,13 @@ class DetectSettings(_Section):
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: its default.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus metrics port; unset: off.")
+    read_count: int = Field(8, ge=1, description="Stream entries read per XREADGROUP (coalesced into model calls).")
+    window_s: float = Field(10.0, gt=0, description="Live sources: sliding window of the deepfake score, seconds.")
+    hysteresis: float = Field(0.05, ge=0, lt=0.5, description="Live alerts fire above threshold+h, re-arm below threshold-h.")
+    min_window_faces: int = Field(5, ge=1, description="Live alerts need at least this many crops in the window.")
+    anomaly_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of anomalous crops (window or file) that raises an anomaly alert."
+    )
 
 
 class Settings(BaseSettings):

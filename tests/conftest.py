@@ -88,3 +88,30 @@ def clip_30fps(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ffmpeg() -> str | None:
     return shutil.which("ffmpeg")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """48 synthetic DFDC-format videos with the most obvious swaps (difficulty 0): quick to learn."""
+    from trainer.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("dfdc-small")
+    generate_dataset(root, 48, seed=21, seconds=1.4, difficulty=0.0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, small_dataset) -> dict:
+    """One real training run (GAN + PGD phases, export, registry), shared by trainer and detect tests."""
+    from trainer.train import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("train")
+    cfg = TrainConfig(
+        data=[str(small_dataset)], image_size=64, frames_per_video=10, gan_epochs=10, adv_epochs=2,
+        batch_size=32, lr=1e-3, adv_lr=5e-4, eval_subset=64, eval_pgd_steps=5, val_share=0.25, test_share=0.25, progress=False,
+        run_dir=str(work / "run"), cache_dir=str(work / "crops"), models_dir=str(work / "models"),
+    )  # fmt: skip
+    result = train(cfg)
+    result["models_dir"] = work / "models"
+    result["config"] = cfg
+    return result

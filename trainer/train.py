@@ -49,12 +49,12 @@ class TrainConfig:
     data: list[str]
     image_size: int = 64
     frames_per_video: int = 16
-    gan_epochs: int = 10
+    gan_epochs: int = 14
     adv_epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-4
     adv_lr: float = 1e-4
-    gen_weight: float = 0.3  # weight of generator samples among D's fakes
+    gen_weight: float = 0.1  # weight of generator samples among D's fakes
     adv_mode: str = "pgd"  # pgd | fgsm (FGSM with random start: cheaper on CPU)
     eps: float = 6 / 255  # final radius of the adversarial curriculum
     eps_steps: int = 3  # the radius rises in this many steps over the adversarial epochs
@@ -351,8 +351,8 @@ class Trainer:
             n = x.shape[0]
             weights = torch.ones(n, device=self.device)
             if phase == "gan":
-                z = torch.randn(max(1, n // 4), G.module.latent_dim if self.dist.on else self.G.latent_dim,
-                                device=self.device, generator=None)  # fmt: skip
+                z = torch.randn(max(1, n // 8), self.G.latent_dim,
+                                device=self.device)  # fmt: skip
                 with torch.no_grad():
                     fake_gen = G(z)
                 xs = torch.cat([x, fake_gen])
@@ -386,7 +386,7 @@ class Trainer:
         return {k: v / max(1, sums["n"]) for k, v in sums.items() if k != "n"}
 
     # -- validation ----------------------------------------------------------------------
-    def fit_scorer(self, model: Discriminator, *, limit: int = 4096) -> MahalanobisScorer:
+    def fit_scorer(self, model: Discriminator, *, limit: int = 2048) -> MahalanobisScorer:
         """Class-conditional Gaussian fit on clean train features (a subsample for speed)."""
         cs = self.crops["train"]
         rng = np.random.default_rng(self.cfg.seed)

@@ -371,10 +371,12 @@ class LiveSource:
         for t in self._threads:
             t.start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop both threads; a decoder stuck in a read is given up to read_timeout to notice."""
+    def stop(self, deadline: float | None = None) -> None:
+        """Stop both threads, waiting until ``deadline`` (monotonic; default: read_timeout + 2 s
+        from now, time enough for a decoder stuck in a read to notice)."""
         self.request_stop()
-        deadline = time.monotonic() + (timeout if timeout is not None else self.cfg.read_timeout + 2.0)
+        if deadline is None:
+            deadline = time.monotonic() + self.cfg.read_timeout + 2.0
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.machine.to(SourceState.STOPPED, "stopped", expect=_RUNNING)
@@ -465,8 +467,6 @@ class LiveSource:
             cc = stream.codec_context
             cc.thread_count = cfg.decode_threads
             cc.thread_type = "AUTO" if cfg.decode_threads != 1 else "NONE"
-            if cfg.keyframes_only:
-                cc.skip_frame = "NONKEY"
             self._connection += 1
             self._last_progress = time.monotonic()
             self.stats.add("connections")
@@ -488,13 +488,15 @@ class LiveSource:
             return f"cannot connect: connection refused by {urlsplit(self.cfg.url).netloc.rsplit('@', 1)[-1]}"
         if isinstance(err, av.error.ExitError) or elapsed >= self.cfg.open_timeout * 0.9:
             return f"cannot connect: no usable answer within {self.cfg.open_timeout:g} s (open timeout)"
-        if isinstance(err, av.error.HTTPClientError | av.error.HTTPServerError):
-            hint = (
-                " (check user:password in the URL)" if "401" in msg or "403" in msg else " (check the path)"
-            )
-            return f"cannot open: the server answered {msg.replace('Server returned ', '')}{hint}"
+        answer = msg.replace("Server returned ", "")
+        if isinstance(err, av.error.HTTPClientError):
+            hint = "check user:password in the URL" if "401" in msg or "403" in msg else "check the path"
+            return f"cannot open: the server answered {answer} ({hint})"
+        if isinstance(err, av.error.HTTPServerError):
+            return f"cannot open: the server answered {answer} (a fault on the camera's side)"
         if isinstance(err, av.error.InvalidDataError):
-            return f"cannot open: the server does not speak RTSP or sent no usable stream ({msg})"
+            protocol = urlsplit(self.cfg.url).scheme.upper()
+            return f"cannot open: the server does not speak {protocol} or sent no usable stream ({msg})"
         host = urlsplit(self.cfg.url).hostname
         if host:
             try:
@@ -509,16 +511,34 @@ class LiveSource:
         streaming = False
         self._last_progress = time.monotonic()
         lag_base: float | None = None
+        cc = stream.codec_context
+        keyframes_only = cfg.keyframes_only
+        tb = stream.time_base
+        last_packet = time.monotonic()
         for packet in container.demux(stream):
+            now = time.monotonic()
             if self._stop.is_set():
                 return "stopped"
             if self._restart.is_set():
                 return self._restart_reason
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                self.stats.add("decode_errors")  # a damaged packet: skip it, keep the connection
-                frames = []
+            if now - last_packet >= cfg.read_timeout * 0.95:
+                # PyAV's read timeout fired: FFmpeg's RTSP reader then hands back a bogus packet
+                # (and would wait a second read_timeout) instead of raising. Do not decode it.
+                return f"no data for {cfg.read_timeout:g} s (read timeout)"
+            last_packet = now
+            if packet.size == 0:
+                continue  # end-of-stream flush: the frames it would drain are stale for a live source
+            frames = []
+            if not keyframes_only or packet.is_keyframe:
+                try:
+                    frames = cc.decode(packet)
+                    if keyframes_only:
+                        # A keyframe decodes on its own; draining makes the decoder hand it over now
+                        # instead of holding it for reordering until the next keyframe.
+                        frames += cc.decode(None)
+                        cc.flush_buffers()
+                except av.FFmpegError:
+                    self.stats.add("decode_errors")  # a damaged packet: skip it, keep the connection
             now = time.monotonic()
             if not frames:
                 if now - self._last_progress > cfg.stall_timeout:
@@ -540,7 +560,8 @@ class LiveSource:
                     self._logged_reason = ""
                 if self.backoff.failures and now - self._streaming_since >= cfg.stable_after:
                     self.backoff.reset()
-                pts = frame.time
+                # frame.time is NaN for frames drained from the decoder: use the stream's time base.
+                pts = float(frame.pts * tb) if frame.pts is not None and tb is not None else None
                 t = sampler.clock(pts, now)
                 lag_base = (now - t) if lag_base is None else min(lag_base, now - t)
                 self.stats.lag = (now - t) - lag_base
@@ -837,8 +858,9 @@ class LiveSupervisor:
     def close(self) -> None:
         for s in self.sources:
             s.request_stop()  # all at once: each may take up to read_timeout to notice
+        deadline = time.monotonic() + max((s.cfg.read_timeout for s in self.sources), default=0.0) + 2.0
         for s in self.sources:
-            s.stop()
+            s.stop(deadline)
         try:
             self.tick()
         except redis.RedisError:
@@ -879,7 +901,9 @@ def source_rows(r: redis.Redis, settings: Settings) -> list[dict]:
         for k, v in r.hgetall(key).items():
             name, text = k.decode(), v.decode()
             try:
-                row[name] = int(text) if name in _INT_FIELDS else float(text) if name in _FLOAT_FIELDS else text
+                row[name] = (
+                    int(text) if name in _INT_FIELDS else float(text) if name in _FLOAT_FIELDS else text
+                )
             except ValueError:
                 row[name] = text
         rows[source_id] = row

@@ -1,0 +1,331 @@
+"""Detect worker: frame batches in, scores, verdicts and alerts out.
+
+Loop: reclaim entries stale on dead consumers (XAUTOCLAIM), read new ones (XREADGROUP), score
+every crop (ONNX Runtime + Mahalanobis), write results, update per-file or per-live-source
+aggregates in Redis, emit alerts, then acknowledge. Any number of workers can share the group:
+all aggregation state lives in Redis and is written idempotently (keyed by batch sequence), and
+alerts carry deterministic ids that :class:`forensics.alerts.AlertWriter` publishes at most once.
+
+An entry that fails is left pending; it is retried when reclaimed, and after
+``detect.max_deliveries`` deliveries it goes to ``<prefix>:dead`` with its last error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from forensics.alerts import AlertWriter, make_alert
+from forensics.config import Settings
+from forensics.errors import ForensicsError, ModelError
+from forensics.logs import get_logger
+from forensics.model import CropScores, LoadedModel, load_model
+from forensics.registry import Registry
+from forensics.streams import Entry, Keys, ack, backlog, dead_letter, ensure_group, read_group, reclaim_stale
+from forensics.verdicts import CropRecord, file_verdict, window_decision
+from forensics.wire import FrameBatch, decode
+
+_AGG_TTL_S = 24 * 3600
+_RESULTS_MAXLEN = 100_000
+
+
+@dataclass
+class _Work:
+    entry: Entry
+    batch: FrameBatch | None
+    error: str | None = None
+
+
+class DetectWorker:
+    def __init__(self, settings: Settings, r: redis.Redis, *, consumer: str | None = None):
+        self.settings = settings
+        self.cfg = settings.detect
+        self.r = r
+        self.keys = Keys(settings.redis.prefix)
+        self.consumer = consumer or self.cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.registry = Registry(settings.models_dir)
+        self.alerts = AlertWriter(r, self.keys)
+        self.log = get_logger(consumer=self.consumer)
+        self.model: LoadedModel | None = None
+        self._refused: set[str] = set()
+        self.stats = {"batches": 0, "faces": 0, "alerts": 0, "dead": 0, "reloads": 0, "failures": 0}
+        self.metrics = None
+        ensure_group(r, self.keys.frames)
+
+    # -- model ----------------------------------------------------------------------------
+    def _wanted_version(self) -> str | None:
+        """The version announced on Redis, else the registry's current."""
+        raw = self.r.get(self.keys.model)
+        if raw:
+            try:
+                return json.loads(raw)["version"]
+            except (ValueError, KeyError, TypeError):
+                self.log.warning("ignoring malformed model announcement", key=self.keys.model)
+        return self.registry.current()
+
+    def load_initial(self) -> None:
+        self.model = load_model(self.registry, self._wanted_version(), providers=self.cfg.providers,
+                                intra_op_threads=self.cfg.intra_op_threads)  # fmt: skip
+        self.log.info("model loaded", version=self.model.artifact.version, provider=self.model.net.provider)
+
+    def maybe_reload(self) -> bool:
+        """Swap to a newly announced/promoted version between batches; keep serving on failure."""
+        wanted = self._wanted_version()
+        if wanted is None or (self.model and wanted == self.model.artifact.version) or wanted in self._refused:
+            return False
+        try:
+            new = load_model(self.registry, wanted, providers=self.cfg.providers,
+                             intra_op_threads=self.cfg.intra_op_threads)  # fmt: skip
+        except ModelError as err:
+            self._refused.add(wanted)
+            self.log.error("refusing new model; still serving the old one", version=wanted, error=str(err),
+                           serving=self.model.artifact.version if self.model else None)  # fmt: skip
+            return False
+        old = self.model.artifact.version if self.model else None
+        self.model = new
+        self.stats["reloads"] += 1
+        self.log.info("model reloaded", version=wanted, previous=old)
+        return True
+
+    # -- loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        if self.model is None:
+            self.load_initial()
+        self.log.info("detect worker running", stream=self.keys.frames)
+        last_reclaim = last_reload = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now - last_reload > 1.0:
+                self.maybe_reload()
+                last_reload = now
+            if now - last_reclaim > max(0.2, self.cfg.claim_idle_ms / 4000):
+                self.step_reclaim()
+                last_reclaim = now
+            self.step_new()
+
+    def step_new(self) -> int:
+        entries = read_group(self.r, self.keys.frames, self.consumer, count=self.cfg.read_count,
+                             block_ms=self.cfg.block_ms)  # fmt: skip
+        if entries:
+            self.process(entries)
+        return len(entries)
+
+    def step_reclaim(self) -> int:
+        entries = reclaim_stale(self.r, self.keys.frames, self.consumer, min_idle_ms=self.cfg.claim_idle_ms,
+                                count=self.cfg.read_count)  # fmt: skip
+        live = []
+        for e in entries:
+            if e.deliveries > self.cfg.max_deliveries:
+                err = self.r.hget(self._errors_key, e.id) or b"failed repeatedly (no error recorded)"
+                dead_letter(self.r, self.keys, e, err.decode(errors="replace"))
+                self.r.hdel(self._errors_key, e.id)
+                self.stats["dead"] += 1
+                self.log.warning("entry dead-lettered", entry=e.id.decode(), deliveries=e.deliveries,
+                                 error=err.decode(errors="replace"))  # fmt: skip
+            else:
+                live.append(e)
+        if live:
+            self.log.info("reclaimed stale entries", count=len(live))
+            self.process(live)
+        return len(entries)
+
+    @property
+    def _errors_key(self) -> str:
+        return f"{self.keys.prefix}:errors"
+
+    # -- one read's worth of entries ----------------------------------------------------------
+    def process(self, entries: list[Entry]) -> None:
+        works = []
+        for e in entries:
+            try:
+                works.append(_Work(e, decode(e.fields)))
+            except ForensicsError as err:
+                works.append(_Work(e, None, str(err)))
+        scored = self._score_all([w for w in works if w.batch is not None and len(w.batch)])
+        done: list[bytes] = []
+        for w in works:
+            if w.error is None:
+                try:
+                    self._handle(w.batch, scored.get(w.entry.id))
+                    done.append(w.entry.id)
+                    continue
+                except ForensicsError as err:
+                    w.error = str(err)
+            self.stats["failures"] += 1
+            self.r.hset(self._errors_key, w.entry.id, w.error)
+            self.log.warning("batch failed; left pending for retry", entry=w.entry.id.decode(), error=w.error)
+        # Acknowledge only after results and alerts are written; frames are large, delete them too.
+        ack(self.r, self.keys.frames, done, delete=True)
+        if done:
+            self.r.hdel(self._errors_key, *done)
+
+    def _score_all(self, works: list[_Work]) -> dict[bytes, CropScores]:
+        """Score the crops of many batches in model calls of at most ``max_batch`` images."""
+        out: dict[bytes, CropScores] = {}
+        if not works:
+            return out
+        assert self.model is not None
+        good: list[_Work] = []
+        for w in works:
+            if w.batch.images.shape[1] != self.model.size:
+                w.error = (f"crops are {w.batch.images.shape[1]}px but model {self.model.artifact.version} takes "
+                           f"{self.model.size}px: set ingest.frame_size={self.model.size}")  # fmt: skip
+            else:
+                good.append(w)
+        if not good:
+            return out
+        images = np.concatenate([w.batch.images for w in good])
+        t0 = time.perf_counter()
+        parts = [self.model.score(images[i : i + self.cfg.max_batch]) for i in range(0, len(images), self.cfg.max_batch)]
+        if self.metrics:
+            self.metrics.observe_inference(time.perf_counter() - t0, len(images))
+        prob = np.concatenate([p.fake_prob for p in parts])
+        anom = np.concatenate([p.anomaly for p in parts])
+        flag = np.concatenate([p.anomalous for p in parts])
+        i = 0
+        for w in good:
+            n = len(w.batch)
+            out[w.entry.id] = CropScores(prob[i : i + n], anom[i : i + n], flag[i : i + n])
+            i += n
+        return out
+
+    # -- aggregation and alerts --------------------------------------------------------------
+    def _records(self, b: FrameBatch, s: CropScores) -> list[CropRecord]:
+        return [
+            CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
+                       bool(s.anomalous[i]), b.box[i])  # fmt: skip
+            for i in range(len(b))
+        ]
+
+    def _handle(self, b: FrameBatch, scores: CropScores | None) -> None:
+        assert self.model is not None
+        if b.kind == "frames" and scores is None:
+            raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
+        records = self._records(b, scores) if scores is not None else []
+        if b.kind == "frames":
+            self._write_result(b, records)
+            self.stats["batches"] += 1
+            self.stats["faces"] += len(records)
+            if self.metrics:
+                self.metrics.batch(len(records))
+        if b.source_kind == "file":
+            self._file_step(b, records)
+        else:
+            self._live_step(b, records)
+
+    def _write_result(self, b: FrameBatch, records: list[CropRecord]) -> None:
+        event = {
+            "source": b.source, "seq": b.seq, "source_kind": b.source_kind,
+            "model": self.model.info,
+            "crops": [r.to_json() for r in records],
+            "fields": ["frame", "pts", "track", "fake_prob", "mahalanobis", "anomalous", "box"],
+            "wall": b.wall[0] if b.wall else None, "scored_at": time.time(),
+        }  # fmt: skip
+        self.r.xadd(self.keys.results, {"event": json.dumps(event, separators=(",", ":"))},
+                    maxlen=_RESULTS_MAXLEN, approximate=True)  # fmt: skip
+
+    def _agg_key(self, source: str) -> str:
+        return f"{self.keys.prefix}:agg:{source}"
+
+    def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
+        key = self._agg_key(b.source)
+        pipe = self.r.pipeline(transaction=True)
+        if b.kind == "eof":
+            pipe.hset(key, "eof", json.dumps(b.info))
+        else:
+            pipe.hset(key, f"b:{b.seq}", json.dumps([r.to_json() for r in records]))
+        pipe.expire(key, _AGG_TTL_S)
+        pipe.hget(key, "eof")
+        pipe.hlen(key)
+        *_, eof_raw, n = pipe.execute()
+        if eof_raw is None:
+            return
+        eof = json.loads(eof_raw)
+        if n < int(eof.get("batches", 0)) + 1:
+            return  # other batches of this file are still with other workers
+        self._finish_file(b.source, key, eof)
+
+    def _finish_file(self, source: str, key: str, eof: dict) -> None:
+        fields = self.r.hgetall(key)
+        records = [
+            CropRecord.from_json(v) for k, raw in sorted(fields.items()) if k.startswith(b"b:") for v in json.loads(raw)
+        ]
+        verdict = file_verdict(records, threshold=self.model.video_threshold, eof=eof)
+        alert = make_alert("verdict", source, f"{source}:verdict", model=self.model.info, **verdict)
+        if self.alerts.emit(alert):
+            self._count_alert("verdict")
+            self.log.info("verdict", source=source, file=verdict["file"], label=verdict["label"],
+                          score=verdict["score"], faces=verdict["faces_scored"])  # fmt: skip
+        rate = verdict.get("anomaly_rate")
+        if rate is not None and rate > self.cfg.anomaly_rate:
+            worst = max(records, key=lambda r: r.anomaly)
+            alert = make_alert("anomaly", source, f"{source}:anomaly:file", model=self.model.info,
+                               file=verdict["file"], anomaly_rate=rate, rate_threshold=self.cfg.anomaly_rate,
+                               evidence=_evidence(worst, self.model))  # fmt: skip
+            if self.alerts.emit(alert):
+                self._count_alert("anomaly")
+        self.r.delete(key)
+
+    def _live_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
+        if b.kind != "frames" or not records:
+            return
+        win_key = f"{self.keys.prefix}:win:{b.source}"
+        state_key = f"{self.keys.prefix}:live:{b.source}"
+        now = max(b.wall) if b.wall else time.time()
+        pipe = self.r.pipeline(transaction=True)
+        # Members are unique per (seq, crop): a redelivered batch rewrites the same members.
+        pipe.zadd(win_key, {f"{b.seq}:{i}:{r.prob:.6f}:{int(r.anomalous)}": b.wall[i] for i, r in enumerate(records)})
+        pipe.zremrangebyscore(win_key, "-inf", now - self.cfg.window_s)
+        pipe.zrange(win_key, 0, -1)
+        pipe.expire(win_key, int(self.cfg.window_s * 10) + 60)
+        pipe.hgetall(state_key)
+        _, _, members, _, state_raw = pipe.execute()
+        probs, flags = [], []
+        for m in members:
+            _seq, _i, p, a = m.decode().split(":")
+            probs.append(float(p))
+            flags.append(a == "1")
+        state = {k.decode(): v.decode() for k, v in state_raw.items()}
+        d = window_decision(probs, flags, state, threshold=self.model.video_threshold, margin=self.cfg.hysteresis,
+                            min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate)  # fmt: skip
+        worst = max(records, key=lambda r: r.prob)
+        if d.deepfake == "on":
+            alert = make_alert("deepfake", b.source, f"{b.source}:deepfake:{b.seq}", model=self.model.info,
+                               window_s=self.cfg.window_s, score=d.mean_prob, threshold=self.model.video_threshold,
+                               faces=d.faces, anomaly_rate=d.anomaly_rate, evidence=_evidence(worst, self.model))  # fmt: skip
+            if self.alerts.emit(alert):
+                self._count_alert("deepfake")
+        if d.anomaly == "on":
+            w = max(records, key=lambda r: r.anomaly)
+            alert = make_alert("anomaly", b.source, f"{b.source}:anomaly:{b.seq}", model=self.model.info,
+                               window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate,
+                               rate_threshold=self.cfg.anomaly_rate, faces=d.faces, evidence=_evidence(w, self.model))  # fmt: skip
+            if self.alerts.emit(alert):
+                self._count_alert("anomaly")
+        changes = {k: v for k, v in (("deepfake", d.deepfake), ("anomaly", d.anomaly)) if v}
+        if changes:
+            self.r.hset(state_key, mapping=changes)
+
+    def _count_alert(self, kind: str) -> None:
+        self.stats["alerts"] += 1
+        if self.metrics:
+            self.metrics.alert(kind)
+
+    def backlog(self) -> int:
+        return backlog(self.r, self.keys.frames)
+
+
+def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:
+    return {
+        "frame": r.frame, "pts": r.pts, "box": r.box, "track": r.track, "fake_prob": r.prob,
+        "mahalanobis": r.anomaly, "mahalanobis_threshold": model.scorer.threshold,
+        "anomalous": r.anomalous,
+    }  # fmt: skip
