@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 
@@ -76,3 +76,18 @@ def parse_alert(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("schema") != SCHEMA_VERSION or event.get("kind") not in KINDS:
         raise ValueError("not a forensics alert")
     return event
+
+
+def follow_alerts(r: redis.Redis, keys: Keys, *, since: bytes | str = "$", block_ms: int = 500,
+                  until: Any = None) -> Iterator[tuple[bytes, dict[str, Any]]]:  # fmt: skip
+    """Yield (entry id, alert) from the alerts stream after ``since`` ("$": from now), forever or
+    until ``until()`` is true (checked between reads). Entries that are not alerts are skipped."""
+    last = since
+    while until is None or not until():
+        for _name, entries in r.xread({keys.alerts: last}, count=100, block=block_ms) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                try:
+                    yield entry_id, parse_alert(fields[b"event"])
+                except (KeyError, ValueError):
+                    continue

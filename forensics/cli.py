@@ -168,31 +168,21 @@ def format_alert(event: dict) -> str:
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from forensics.alerts import parse_alert
+    from forensics.alerts import follow_alerts
     from forensics.redisconn import redis_for
     from forensics.streams import Keys
 
     stop = _stop_event()
     pretty = sys.stdout.isatty() and not args.json
     with redis_for(settings) as (r, _url):
-        stream = Keys(settings.redis.prefix).alerts
-        last = args.since or "$"
         seen = 0
-        while not stop.is_set():
-            reply = r.xread({stream: last}, count=100, block=500)
-            for _name, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    try:
-                        event = parse_alert(fields[b"event"])
-                    except (KeyError, ValueError):
-                        continue
-                    if args.kind and event["kind"] not in args.kind:
-                        continue
-                    print(format_alert(event) if pretty else json.dumps(event), flush=True)
-                    seen += 1
-                    if args.count and seen >= args.count:
-                        return 0
+        for _id, event in follow_alerts(r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set):
+            if args.kind and event["kind"] not in args.kind:
+                continue
+            print(format_alert(event) if pretty else json.dumps(event), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
     return 0
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from forensics.alerts import parse_alert
+from forensics.alerts import follow_alerts
 from forensics.config import Settings
 from forensics.errors import ForensicsError
 from forensics.logs import get_logger
@@ -95,22 +95,16 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
     print(f"[demo] dropped {samples} videos into {watch}; waiting for verdicts ...", flush=True)
     got: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
-    last = start_id
-    while len(got) < len(expected) and time.monotonic() < deadline:
-        for _s, entries in r.xread({keys.alerts: last}, block=1000) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                try:
-                    ev = parse_alert(fields[b"event"])
-                except (KeyError, ValueError):
-                    continue
-                if ev["kind"] == "verdict" and ev.get("file") in expected:
-                    got[ev["file"]] = ev
-                    mark = "ok" if ev["label"] == expected[ev["file"]] else "WRONG"
-                    score = "-" if ev["score"] is None else f"{ev['score']:.3f}"
-                    print(f"[verdict] {ev['file']}: {ev['label']} (score {score}, threshold {ev['threshold']:.3f}, "
-                          f"{ev['faces_scored']} faces, anomaly rate {ev['anomaly_rate']})  expected "
-                          f"{expected[ev['file']]}: {mark}", flush=True)  # fmt: skip
+    for _id, ev in follow_alerts(r, keys, since=start_id, block_ms=1000,
+                                 until=lambda: len(got) == len(expected) or time.monotonic() > deadline):  # fmt: skip
+        if ev["kind"] != "verdict" or ev.get("file") not in expected:
+            continue
+        got[ev["file"]] = ev
+        mark = "ok" if ev["label"] == expected[ev["file"]] else "WRONG"
+        score = "-" if ev["score"] is None else f"{ev['score']:.3f}"
+        print(f"[verdict] {ev['file']}: {ev['label']} (score {score}, threshold {ev['threshold']:.3f}, "
+              f"{ev['faces_scored']} faces, anomaly rate {ev['anomaly_rate']})  expected "
+              f"{expected[ev['file']]}: {mark}", flush=True)  # fmt: skip
     right = sum(got[f]["label"] == expected[f] for f in got)
     print(f"[demo] {len(got)}/{len(expected)} verdicts, {right} as expected", flush=True)
     return 0 if len(got) == len(expected) else 1

@@ -44,6 +44,23 @@ class DecodedFrame:
         return self.frame.reformat(width=width, height=height or width, format="rgb24").to_ndarray()
 
 
+class TickGrid:
+    """Keeps the first time at or after each tick of a 1/fps grid (live and file sampling share it)."""
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps
+        self._next_t: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if self._next_t is None or t >= self._next_t - 1e-6:
+            # Next tick on the grid after t, so a late frame does not cause a burst.
+            base = t if self._next_t is None else self._next_t
+            steps = max(1, int((t - base) / self.period) + 1)
+            self._next_t = base + steps * self.period
+            return True
+        return False
+
+
 class FrameSampler:
     """Decides which decoded frames are kept.
 
@@ -55,23 +72,14 @@ class FrameSampler:
     def __init__(self, mode: SampleMode, *, every_nth: int = 1, fps: float = 2.0):
         self.mode = mode
         self.every_nth = every_nth
-        self.period = 1.0 / fps
-        self._next_t: float | None = None
+        self.grid = TickGrid(fps)
 
     def keep(self, index: int, t: float | None) -> bool:
         if self.mode == "keyframes":
             return True
         if self.mode == "every_nth":
             return index % self.every_nth == 0
-        if t is None:
-            return False
-        if self._next_t is None or t >= self._next_t - 1e-6:
-            # Next tick on the grid after t, so a late frame does not cause a burst.
-            base = t if self._next_t is None else self._next_t
-            steps = max(1, int((t - base) / self.period) + 1)
-            self._next_t = base + steps * self.period
-            return True
-        return False
+        return t is not None and self.grid.keep(t)
 
 
 def _open(path: Path) -> av.container.InputContainer:

@@ -59,7 +59,7 @@ from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
 from forensics.redisconn import redact
 from forensics.streams import Keys, backlog, ensure_group
-from forensics.video import DecodedFrame
+from forensics.video import DecodedFrame, TickGrid
 from forensics.wire import FrameBatch, encode
 
 # How often the supervisor checks watchdogs and writes source hashes (it also wakes on every
@@ -162,7 +162,7 @@ class LiveSampler:
     def __init__(self, fps: float, max_gap: float = MAX_CLOCK_GAP_S):
         self.period = 1.0 / fps
         self.max_gap = max_gap
-        self._next: float | None = None
+        self.grid = TickGrid(fps)
         self._last: tuple[float, float] | None = None  # (clock, arrival) of the previous frame
         self._offset: float | None = None  # pts - clock
 
@@ -186,13 +186,7 @@ class LiveSampler:
         return t
 
     def keep(self, t: float) -> bool:
-        if self._next is None or t >= self._next - 1e-6:
-            # Next tick on the grid after t, so a late frame does not cause a burst.
-            base = t if self._next is None else self._next
-            steps = max(1, int((t - base) / self.period) + 1)
-            self._next = base + steps * self.period
-            return True
-        return False
+        return self.grid.keep(t)
 
 
 @dataclass
