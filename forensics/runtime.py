@@ -48,6 +48,9 @@ class OnnxDiscriminator:
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         opts.log_severity_level = 3  # no warnings about unavailable providers on CPU-only hosts
+        # Idle ORT threads otherwise spin after each run and starve the numpy scorer that follows
+        # (3x slower end to end on 2 cores; bench/pipeline.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), opts, providers=choose_providers(providers))
         except Exception as err:  # onnxruntime raises its own exception types for bad files
