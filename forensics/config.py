@@ -63,7 +63,10 @@ class IngestSettings(_Section):
     )
     every_nth: int = Field(1, ge=1, description="With sample=every_nth: keep frame 0, N, 2N, ...")
     fps: float = Field(2.0, gt=0, description="With sample=fps: frames kept per second of video.")
-    frame_size: int = Field(256, ge=16, le=1024, description="Side of the square images put on the stream.")
+    frame_size: int | None = Field(
+        None, ge=16, le=1024,
+        description="Side of the square images put on the stream. Unset: the current model's input size, else 256.",
+    )  # fmt: skip
     batch_size: int = Field(16, ge=1, le=1024, description="Images per FrameBatch.")
     decode_threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose.")
     stable_seconds: float = Field(
@@ -248,6 +251,15 @@ def _unknown_env_keys() -> list[str]:
             if top not in known:
                 unknown.append(var)
     return unknown
+
+
+def resolve_frame_size(settings: Settings) -> int:
+    """ingest.frame_size, or the promoted model's input size, or 256; stored back in the settings."""
+    if settings.ingest.frame_size is None:
+        from forensics.registry import Registry  # noqa: PLC0415 - registry imports nothing heavy
+
+        settings.ingest.frame_size = Registry(settings.models_dir).current_input_size() or 256
+    return settings.ingest.frame_size
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -55,7 +55,6 @@ def run_demo(settings: Settings, *, videos: int = 160, samples: int = 6, gan_epo
     watch = root / "watch"
     settings.ingest.watch_dir = watch
     watch.mkdir(parents=True, exist_ok=True)
-    settings.ingest.frame_size = art.input_size
     sup = Supervisor(settings, [("ingest", ["ingest", "--watch", str(watch)]), ("detect", ["detect"])],
                      config=config, log_dir=root / "logs")  # fmt: skip
     url = sup.start()

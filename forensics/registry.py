@@ -154,6 +154,14 @@ class Registry:
             return None
         return os.readlink(link).rstrip("/").split("/")[-1]
 
+    def current_input_size(self) -> int | None:
+        """Input size of the current version from its manifest (unverified; for defaults only)."""
+        cur = self.current()
+        try:
+            return int(json.loads((self.root / cur / MANIFEST).read_text())["input_size"]) if cur else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def promote(self, version: str, *, reason: str = "") -> Artifact:
         """Verify ``version`` and point ``current`` at it atomically (symlink + rename)."""
         art = self.load(version)

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import redis
 
-from forensics.config import Settings
+from forensics.config import Settings, resolve_frame_size
 from forensics.errors import BadVideo
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
@@ -111,7 +111,7 @@ class FileIngest:
         self.failed_dir = Path(ing.failed_dir or self.watch / "failed")
         for d in (self.watch, self.done_dir, self.failed_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.cropper = cropper if cropper is not None else build_cropper(settings.faces, ing.frame_size)
+        self.cropper = cropper if cropper is not None else build_cropper(settings.faces, resolve_frame_size(settings))
         self.stable = StableFiles(self.watch, ing.stable_seconds)
         self.log = get_logger()
         ensure_group(r, self.keys.frames)

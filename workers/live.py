@@ -53,7 +53,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from forensics.alerts import AlertWriter, make_alert
-from forensics.config import LiveSourceSettings, Settings
+from forensics.config import LiveSourceSettings, Settings, resolve_frame_size
 from forensics.errors import ConfigError
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
@@ -309,7 +309,7 @@ class LiveSource:
         self.alerts = alerts or AlertWriter(r, self.keys)
         self.url_shown = redact(cfg.url)
         self.log = get_logger(source=cfg.id)
-        self.cropper = cropper or build_cropper(settings.faces, settings.ingest.frame_size)
+        self.cropper = cropper or build_cropper(settings.faces, resolve_frame_size(settings))
         self.stats = SourceStats()
         self.pending = PendingSamples(cfg.max_pending)
         self.backoff = Backoff(cfg.backoff_initial, cfg.backoff_max, cfg.backoff_jitter)
