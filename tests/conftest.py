@@ -85,6 +85,17 @@ def clip_30fps(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module: the 2 cores are shared with Redis and helpers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ffmpeg() -> str | None:
     return shutil.which("ffmpeg")

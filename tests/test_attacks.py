@@ -7,24 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchattacks
 from torch import nn
 
 from forensics.errors import AttackError
 from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, zero_gradient_share
 from trainer.models import LogitsOnly, build_discriminator
 
-torchattacks = pytest.importorskip("torchattacks")
-
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The cores are shared with other jobs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _checkerboard_problem(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
