@@ -25,7 +25,7 @@ from forensics.streams import Keys
 from forensics.supervisor import Supervisor
 
 
-def run_demo(settings: Settings, *, videos: int = 160, samples: int = 6, gan_epochs: int = 14,
+def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = 14,
              adv_epochs: int = 5, timeout_s: float = 300.0, config: str | None = None) -> int:  # fmt: skip
     log = get_logger()
     root = Path(settings.state_dir)
