@@ -22,7 +22,7 @@ def test_training_registers_a_verified_promoted_artifact(trained):
     assert art.version == trained["version"] and trained["promoted"]
     m = art.manifest
     assert m["input_size"] == 64 and m["outputs"] == ["logits", "feat0", "feat1", "feat2", "feat3"]
-    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "report/metrics.json"}
+    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "discriminator.pt", "report/metrics.json"}
     assert len(m["data_fingerprint"]) == 64 and m["parent"] is None
     th = m["thresholds"]
     assert 0 < th["frame_prob"] < 1 and 0 < th["video_prob"] < 1 and np.isfinite(th["anomaly"])
@@ -66,6 +66,15 @@ def test_exported_model_and_scorer_agree_with_the_manifest(trained):
     assert clean_flag_rate < 0.5  # training crops are in distribution
     noise = np.random.default_rng(0).integers(0, 256, crops.images.shape, dtype=np.uint8)
     assert (scorer.score(net.run(noise).features) > scorer.threshold).mean() > 0.9
+    # The torch weights saved beside the ONNX model are the same model.
+    import torch
+
+    from trainer.models import load_discriminator
+
+    d = load_discriminator(art.path / "discriminator.pt")
+    with torch.no_grad():
+        logits, _ = d(torch.from_numpy(crops.images).permute(0, 3, 1, 2).float() / 255)
+    assert np.abs(logits.numpy() - out.logits).max() < 1e-4
 
 
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):

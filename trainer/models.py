@@ -213,3 +213,14 @@ def build_discriminator(
 def build_generator(image_size: int, latent_dim: int = LATENT_DIM) -> Generator:
     """A fresh DCGAN-initialized :class:`Generator`."""
     return Generator(image_size, latent_dim=latent_dim)
+
+
+def load_discriminator(path, map_location: str = "cpu") -> Discriminator:
+    """The discriminator saved beside a registered version (``discriminator.pt``), in eval mode.
+
+    Loaded with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
+    """
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    d = Discriminator(int(state["image_size"]), layer_gain=float(state.get("layer_gain", 2.0)))
+    d.load_state_dict(state["state_dict"])
+    return d.eval()

@@ -568,6 +568,9 @@ class Trainer:
         sample = self.val_x[: min(64, len(self.val_x))]
         parity = export_onnx(D, vdir / "model.onnx", sample)
         scorer.save(vdir / "scorer.npz")
+        # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
+        torch.save({"state_dict": D.state_dict(), "image_size": cfg.image_size, "layer_gain": D.layer_gain},
+                   vdir / "discriminator.pt")  # fmt: skip
         (vdir / "report").mkdir(exist_ok=True)
         report = {
             "version": version,
@@ -609,6 +612,7 @@ class Trainer:
                 "thresholds": thresholds,
                 "parent": cfg.parent if cfg.parent is not None else reg.current(),
                 "onnx": {"external_data": False, "opset": parity.get("opset")},
+                "torch_weights": "discriminator.pt",
             },
         )
         promoted = False
