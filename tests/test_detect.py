@@ -274,3 +274,28 @@ def _scored_crops(trained, worker) -> dict[str, np.ndarray]:
     low, high = order[:8], order[-8:]
     assert p[high].min() > t + 2 * h and p[low].max() < t - 2 * h, (p[high], p[low], t)
     return {"fake": cs.images[high], "real": cs.images[low]}
+
+
+def test_metrics_and_health_endpoints_report_the_worker(r, dsettings):
+    import urllib.request
+
+    from forensics import metrics as metrics_mod
+
+    worker = DetectWorker(dsettings, r, consumer="w1")
+    worker.load_initial()
+    worker.metrics = metrics_mod.DetectMetrics()
+    worker.metrics.set_model(worker.model.artifact.version)
+    server = metrics_mod.serve(0, worker.metrics, lambda: {"model": worker.model.artifact.version, **worker.stats})
+    try:
+        ensure_group(r, Keys(dsettings.redis.prefix).frames)
+        eof = FrameBatch(source="f-2", seq=0, kind="eof", info={"file": "y.mp4", "batches": 0})
+        r.xadd(Keys(dsettings.redis.prefix).frames, encode(eof))
+        worker.step_new()
+        base = f"http://127.0.0.1:{server.server_port}"
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'forensics_detect_alerts_total{kind="verdict"} 1.0' in text
+        assert 'forensics_detect_model_info{version="v0001"} 1.0' in text
+        health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
+        assert health["ok"] and health["model"] == "v0001" and health["alerts"] == 1
+    finally:
+        server.shutdown()

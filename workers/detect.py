@@ -92,6 +92,8 @@ class DetectWorker:
         old = self.model.artifact.version if self.model else None
         self.model = new
         self.stats["reloads"] += 1
+        if self.metrics:
+            self.metrics.set_model(wanted)
         self.log.info("model reloaded", version=wanted, previous=old)
         return True
 
@@ -109,7 +111,11 @@ class DetectWorker:
             if now - last_reclaim > max(0.2, self.cfg.claim_idle_ms / 4000):
                 self.step_reclaim()
                 last_reclaim = now
+                if self.metrics:
+                    self.metrics.backlog.set(self.backlog())
             self.step_new()
+            if self.metrics:
+                self.metrics.heartbeat = time.monotonic()
 
     def step_new(self) -> int:
         entries = read_group(self.r, self.keys.frames, self.consumer, count=self.cfg.read_count,
