@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from forensics.errors import ConfigError
 
@@ -256,7 +261,7 @@ def _unknown_env_keys() -> list[str]:
 def resolve_frame_size(settings: Settings) -> int:
     """ingest.frame_size, or the promoted model's input size, or 256; stored back in the settings."""
     if settings.ingest.frame_size is None:
-        from forensics.registry import Registry  # noqa: PLC0415 - registry imports nothing heavy
+        from forensics.registry import Registry
 
         settings.ingest.frame_size = Registry(settings.models_dir).current_input_size() or 256
     return settings.ingest.frame_size

@@ -34,8 +34,8 @@ def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epo
     reg = Registry(settings.models_dir)
     t0 = time.monotonic()
     if reg.current() is None:
-        from trainer.synth import generate_dataset  # noqa: PLC0415 - trainer extra
-        from trainer.train import TrainConfig, train  # noqa: PLC0415
+        from trainer.synth import generate_dataset
+        from trainer.train import TrainConfig, train
 
         if not (data / "done").exists():
             print(f"[demo] generating {videos} synthetic DFDC-format videos in {data} ...", flush=True)
@@ -77,7 +77,7 @@ def _watch_quietly(sup: Supervisor, stop: threading.Event) -> None:
 
 
 def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, timeout_s: float) -> int:
-    from trainer.synth import render_sample_clip  # noqa: PLC0415
+    from trainer.synth import render_sample_clip
 
     r = connect_settings(settings, url)
     keys = Keys(settings.redis.prefix)

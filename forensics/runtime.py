@@ -28,7 +28,7 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
 
 
 def choose_providers(preferred: Sequence[str]) -> list[str]:
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     available = set(ort.get_available_providers())
     chosen = [p for p in preferred if p in available]
@@ -42,7 +42,7 @@ class OnnxDiscriminator:
 
     def __init__(self, model_path: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0):  # fmt: skip
-        import onnxruntime as ort  # noqa: PLC0415
+        import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if intra_op_threads:

@@ -55,7 +55,7 @@ class Supervisor:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - owned by the child
+            out = open(self.log_dir / f"{child.name}.log", "ab")
         child.proc = subprocess.Popen(argv, env=self._env(), stdout=out, stderr=out or None)
         child.starts.append(time.monotonic())
         self.log.info("role started", name=child.name, pid=child.proc.pid)

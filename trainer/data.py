@@ -161,7 +161,7 @@ def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
 
     Returns images uint8 [K, S, S, 3], frame_index int32 [K], track int32 [K]. Raises BadVideo.
     """
-    from forensics.video import probe  # noqa: PLC0415
+    from forensics.video import probe
 
     limits = LimitSettings()
     info = probe(video.path, limits)
@@ -292,7 +292,7 @@ class CropSet:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm  # noqa: PLC0415 - trainer-only dependency
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="video", disable=not enabled, dynamic_ncols=True)
 
@@ -302,8 +302,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def training_transform(size: int):
     """torchvision v2 pipeline on uint8 CHW tensors -> float32 [3, size, size] in [0, 1]."""
-    import torch  # noqa: PLC0415
-    from torchvision.transforms import v2  # noqa: PLC0415
+    import torch
+    from torchvision.transforms import v2
 
     return v2.Compose(
         [
@@ -316,8 +316,8 @@ def training_transform(size: int):
 
 
 def eval_transform(size: int):
-    import torch  # noqa: PLC0415
-    from torchvision.transforms import v2  # noqa: PLC0415
+    import torch
+    from torchvision.transforms import v2
 
     return v2.Compose(
         [
@@ -329,8 +329,8 @@ def eval_transform(size: int):
 
 def torch_dataset(crops: CropSet, transform):
     """A torch Dataset of (image float32 [3,S,S] in [0,1], label float32) over a CropSet."""
-    import torch  # noqa: PLC0415
-    from torch.utils.data import Dataset  # noqa: PLC0415
+    import torch
+    from torch.utils.data import Dataset
 
     class _Crops(Dataset):
         def __init__(self):
@@ -348,6 +348,6 @@ def torch_dataset(crops: CropSet, transform):
 
 def as_float_tensor(images: np.ndarray):
     """uint8 [N, S, S, 3] -> torch float32 [N, 3, S, S] in [0, 1]."""
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -54,7 +54,7 @@ def export_discriminator(model: Discriminator, path: str | Path, sample: torch.T
 
 
 def _opset(path: Path) -> int | None:
-    import onnx  # noqa: PLC0415
+    import onnx
 
     m = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)

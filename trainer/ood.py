@@ -16,7 +16,7 @@ _NATURAL = ("chelsea", "coffee", "rocket", "coins", "brick", "grass", "gravel", 
 
 
 def non_face_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
-    from skimage import data as skdata  # noqa: PLC0415
+    from skimage import data as skdata
 
     rng = np.random.default_rng(seed)
     sources = []

@@ -30,15 +30,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from forensics.logs import get_logger
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
 from trainer import attacks
-from trainer.data import CropCache, CropConfig, CropSet, as_float_tensor, read_dataset, split_by_group, training_transform, torch_dataset
-from trainer.models import Discriminator, Generator, build_discriminator, build_generator, warm_up_spectral_norm
+from trainer.data import (
+    CropCache,
+    CropConfig,
+    CropSet,
+    as_float_tensor,
+    read_dataset,
+    split_by_group,
+    torch_dataset,
+    training_transform,
+)
+from trainer.models import (
+    Discriminator,
+    LogitsOnly,
+    build_discriminator,
+    build_generator,
+    warm_up_spectral_norm,
+)
 from trainer.ood import ood_sets, scorer_fit_positives
 
 EPS_REPORT = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -122,7 +136,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score
 
     if len(np.unique(labels)) < 2:
         return float("nan")
@@ -136,7 +150,7 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def balanced_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
     """The probability threshold with the best balanced accuracy (Youden's J) on these labels."""
-    from sklearn.metrics import roc_curve  # noqa: PLC0415
+    from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(labels, probs)
     j = tpr - fpr
@@ -178,27 +192,10 @@ def predict(model: Discriminator, x: torch.Tensor, batch: int = 256) -> tuple[np
 
 def attack_batch(model: Discriminator, x: torch.Tensor, y: torch.Tensor, eps: float, mode: str, steps: int,
                  gen: torch.Generator) -> torch.Tensor:  # fmt: skip
-    target = model
+    """Adversarial examples for training: FGSM with random start, or PGD with ``steps`` steps."""
     if mode == "fgsm":
-        return attacks.fgsm(_logits_of(target), x, y, eps, random_start=True, generator=gen)
-    return attacks.pgd(_logits_of(target), x, y, eps, steps=steps, random_start=True, generator=gen)
-
-
-class _LogitsView(nn.Module):
-    def __init__(self, d: Discriminator):
-        super().__init__()
-        self.d = d
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.d(x)[0]
-
-
-def _logits_of(d: Discriminator) -> nn.Module:
-    return _LogitsView(d)
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if hasattr(m, "module") else m
+        return attacks.fgsm(LogitsOnly(model), x, y, eps, random_start=True, generator=gen)
+    return attacks.pgd(LogitsOnly(model), x, y, eps, steps=steps, random_start=True, generator=gen)
 
 
 # ---- the trainer ------------------------------------------------------------------------
@@ -233,7 +230,7 @@ class Trainer:
         self.crops: dict[str, CropSet] = {k: cache.load(v) for k, v in self.splits.items()}
         for name, cs in self.crops.items():
             if len(cs) == 0 or len(np.unique(cs.labels)) < 2:
-                from trainer.data import DatasetError  # noqa: PLC0415
+                from trainer.data import DatasetError
 
                 raise DatasetError(f"the {name} split has {len(cs)} face crops and needs both REAL and FAKE: add videos")
         self.fingerprint = self.crops["train"].fingerprint()
@@ -253,7 +250,7 @@ class Trainer:
         self.val_sub = torch.from_numpy(np.sort(idx))
 
     def _loader(self):
-        from torch.utils.data import DataLoader, DistributedSampler  # noqa: PLC0415
+        from torch.utils.data import DataLoader, DistributedSampler
 
         ds = torch_dataset(self.crops["train"], training_transform(self.cfg.image_size))
         sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, seed=self.cfg.seed) if self.dist.on else None
@@ -278,7 +275,7 @@ class Trainer:
         self.D_train: nn.Module = self.D
         self.G_train: nn.Module = self.G
         if self.dist.on:
-            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.D_train = DDP(self.D)
             self.G_train = DDP(self.G)
@@ -402,7 +399,6 @@ class Trainer:
         thr = balanced_threshold(probs, self.val_y)
         row["threshold"] = thr
         scorer = self.fit_scorer(model)
-        clean_scores = scorer.layer_scores(feats)
         combined = scorer.score(feats)
         cut = calibrate_threshold(combined, fpr=cfg.anomaly_fpr)
         # PGD against the fixed subset's fakes that the model detects at the calibrated threshold.
@@ -412,7 +408,7 @@ class Trainer:
         if len(fakes):
             x = self.val_x[fakes]
             y = torch.ones(len(fakes))
-            x_adv = attacks.pgd(_logits_of(model), x, y, cfg.eval_eps, steps=cfg.eval_pgd_steps, generator=self.gen)
+            x_adv = attacks.pgd(LogitsOnly(model), x, y, cfg.eval_eps, steps=cfg.eval_pgd_steps, generator=self.gen)
             adv_logits, adv_feats = predict(model, x_adv)
             fooled = adv_logits <= _logit(thr)
             row["pgd_success"] = float(fooled.mean())
@@ -420,7 +416,6 @@ class Trainer:
             row["anomaly_detection_rate"] = float((adv_scores > cut).mean())
             row["anomaly_detection_rate_fooling"] = float((adv_scores[fooled] > cut).mean()) if fooled.any() else float("nan")
         row["anomaly_fpr_val"] = float((combined > cut).mean())
-        del clean_scores
         return row
 
     # -- whole run ------------------------------------------------------------------------
@@ -540,11 +535,10 @@ class Trainer:
             out["video_accuracy"] = float(((vp > video_thr) == (vl == 1)).mean())
         fakes = np.where((y == 1) & (probs > frame_thr))[0]
         out["pgd"] = {}
-        fooling_feats = None
         for eps in EPS_REPORT:
             if not len(fakes):
                 break
-            xa = attacks.pgd(_logits_of(model), x[fakes], torch.ones(len(fakes)), eps, steps=cfg.eval_pgd_steps,
+            xa = attacks.pgd(LogitsOnly(model), x[fakes], torch.ones(len(fakes)), eps, steps=cfg.eval_pgd_steps,
                              generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
             la, fa = predict(model, xa)
             fooled = la <= _logit(frame_thr)
@@ -557,8 +551,6 @@ class Trainer:
                     "detection_rate_fooling": float((s[fooled] > scorer.threshold).mean()) if fooled.any() else None,
                     "fooling_examples": int(fooled.sum()),
                 }
-                fooling_feats = fa
-        del fooling_feats
         return out
 
     def register(self, D: Discriminator, scorer: MahalanobisScorer, metrics: dict, thresholds: dict) -> dict[str, Any]:
@@ -625,13 +617,13 @@ class Trainer:
 
 
 def export_onnx(D: Discriminator, path: Path, sample: torch.Tensor) -> dict:
-    from trainer.export import export_discriminator  # noqa: PLC0415
+    from trainer.export import export_discriminator
 
     return export_discriminator(D, path, sample)
 
 
 def _bar(total: int, desc: str, enabled: bool, unit: str):
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit=unit, dynamic_ncols=True)
 
