@@ -274,6 +274,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.evaluate import evaluate, summary
+
+    models = Path(args.models) if args.models else settings.models_dir
+    out = Path(args.out) if args.out else models / args.model / "report" / "eval"
+    extra = {k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries") if getattr(args, k) is not None}
+    result = evaluate(
+        models, args.model, [str(d) for d in args.data], out_dir=out, seed=args.seed, max_fakes=args.max_fakes,
+        quick=args.quick, cache_dir=args.cache or str(settings.state_dir / "crops"), **extra,
+    )  # fmt: skip
+    print(json.dumps(summary(result), indent=1, default=str))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.registry import Registry
 
@@ -379,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--promote", action="store_true", help="promote the new version (the first one always is)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train, role="trainer")
+
+    s = sub.add_parser("eval", help="robustness evaluation of a model version on its held-out test split (report)")
+    s.add_argument("--model", required=True, metavar="VERSION")
+    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--out", metavar="DIR", help="default: <models>/<version>/report/eval/")
+    s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
+    s.add_argument("--cache", metavar="DIR", help="face crop cache (default: <state_dir>/crops)")
+    s.add_argument("--quick", action="store_true", help="small subsets: fewer fakes, queries and OOD crops")
+    s.add_argument("--max-fakes", type=int, default=200, help="correctly detected test fakes attacked")
+    s.add_argument("--blackbox-images", type=int, help="images for the black-box attack")
+    s.add_argument("--blackbox-queries", type=int, help="query budget per image for the black-box attack")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_eval, role="eval")
 
     s = sub.add_parser("models", help="list, verify, promote or roll back model versions")
     msub = s.add_subparsers(dest="action", metavar="ACTION")

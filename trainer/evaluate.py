@@ -1,0 +1,579 @@
+"""Robustness evaluation of a registered model version on its held-out test split (issue 7).
+
+``evaluate(models_dir, version, data_dirs)`` reproduces the trainer's test split (same
+``split_by_group`` shares and seed, read from the version's ``report/metrics.json``), then:
+
+- clean frame/video AUC, log loss and accuracy at the calibrated thresholds of the manifest;
+- white-box attacks on the torch discriminator (``discriminator.pt``) against the correctly
+  detected fakes: FGSM and PGD at eps in ``EPS_REPORT``, PGD with more steps and restarts,
+  unbounded PGD, DeepFool (aimed at the calibrated threshold, not at logit 0);
+- a decision-based black-box attack (HopSkipJump-style, L-inf variant) through ONNX Runtime
+  with a per-image query budget;
+- an adaptive attack on the whole defence: PGD on a loss pushing the logit below the frame
+  threshold *and* the differentiable Mahalanobis score (torch, from the scorer's means and
+  Cholesky factors) below the anomaly threshold;
+- the Mahalanobis detector's detection rate and AUROC (clean test crops vs adversarial) per
+  attack and for the OOD sets;
+- sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
+  eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
+  black-box <= white-box, input gradients are not zero.
+
+Attack success is always the share of correctly detected fakes (frame prob > frame threshold)
+whose adversarial version is called real (logit <= log(t / (1 - t))).
+
+The core, :func:`run_evaluation`, takes the model objects directly, so a test can hand it a
+deliberately gradient-masked model and see the sanity checks fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from forensics.errors import AttackError
+from forensics.logs import get_logger
+from forensics.registry import Registry
+from forensics.scoring import MahalanobisScorer
+from trainer import attacks
+from trainer.data import CropCache, CropConfig, CropSet, as_float_tensor, read_dataset, split_by_group
+from trainer.models import load_discriminator
+from trainer.ood import ood_sets
+from trainer.train import EPS_REPORT, log_loss, roc_auc, video_scores
+
+# A model here maps float32 [N,3,S,S] in [0,1] to (logits [N], tuple of features [N, C_l]),
+# like trainer.models.Discriminator. A query function maps float32 numpy NCHW to logits [N].
+FeatureModel = nn.Module
+QueryFn = Callable[[np.ndarray], np.ndarray]
+
+ZERO_GRAD_MAX = 0.01  # "~0" share of inputs with an exactly zero gradient
+UNBOUNDED_MIN = 0.95  # unbounded PGD must reach this success rate
+
+
+def _label(eps: float) -> str:
+    return f"{round(eps * 255)}/255" if eps < 1 else "unbounded"
+
+
+def _logit(p: float) -> float:
+    return float(math.log(p / (1 - p)))
+
+
+class _Logits(nn.Module):
+    """(logits, feats) model -> logits only, minus ``shift`` (so 0 is the calibrated threshold)."""
+
+    def __init__(self, model: nn.Module, shift: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.shift = float(shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0] - self.shift
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
+    model.eval()
+    logits, feats = [], []
+    for b in x.split(batch):
+        lo, fe = model(b)
+        logits.append(lo.double().numpy())
+        feats.append([f.double().numpy() for f in fe])
+    if not logits:
+        return np.zeros(0), []
+    return np.concatenate(logits), [np.concatenate([f[i] for f in feats]) for i in range(len(feats[0]))]
+
+
+class TorchMahalanobis(nn.Module):
+    """The scorer's combined score as a differentiable torch function of the features (float64)."""
+
+    def __init__(self, scorer: MahalanobisScorer):
+        super().__init__()
+        self.means = [torch.from_numpy(np.asarray(m, np.float64)) for m in scorer.means]
+        self.whiten = [torch.linalg.inv(torch.from_numpy(np.asarray(c, np.float64))) for c in scorer.cholesky]
+        self.weights = torch.from_numpy(np.asarray(scorer.weights, np.float64))
+        self.bias = float(scorer.bias)
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        layer = []
+        for f, means, w in zip(feats, self.means, self.whiten):
+            diffs = f.double()[:, None, :] - means[None, :, :]  # [N, 2, D]
+            z = diffs @ w.T  # L^-1 (x - mu)
+            layer.append(z.pow(2).sum(-1).min(dim=1).values)
+        return self.bias + torch.stack(layer, dim=1) @ self.weights
+
+
+# ---- attacks not in trainer.attacks ----------------------------------------------------------
+
+
+def adaptive_pgd(model: nn.Module, maha: TorchMahalanobis, x: torch.Tensor, *, eps: float, logit_thr: float,
+                 score_thr: float, logit_scale: float, score_scale: float, steps: int = 20,
+                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """L-inf PGD on ``relu(z - z_thr + m)/s_z + relu(S - S_thr + m)/s_S`` (both defences at once).
+
+    ``s_z`` and ``s_S`` (spread of clean logits and scores) put the two hinge terms on one scale;
+    the margins are 5% of them so a success does not sit exactly on a threshold.
+    """
+    x = x.detach()
+    alpha = 2.5 * eps / steps
+    x_adv = torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps, generator=generator), 0, 1)
+    model.eval()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        z, feats = model(x_adv)
+        s = maha(feats)
+        loss = (torch.relu(z.double() - logit_thr + 0.05 * logit_scale) / logit_scale
+                + torch.relu(s - score_thr + 0.05 * score_scale) / score_scale)  # fmt: skip
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv - alpha * grad.sign()
+            x_adv = torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0, 1)
+    return x_adv.detach()
+
+
+def hop_skip_jump(query: QueryFn, x0: np.ndarray, starts: np.ndarray, *, budget: int, eps: float,
+                  rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+    """Decision-based L-inf attack (HopSkipJump, Chen et al. 2020, compact) on one image.
+
+    ``query(x)`` returns logits relative to the calibrated threshold (adversarial: <= 0);
+    only the decision is used. x0 float32 [3,S,S]; starts float32 [K,3,S,S] candidate starting
+    points (clean reals). Stops at ``budget`` queries. Returns the adversarial image found,
+    its L2 and L-inf distances, queries used, and whether L-inf <= ``eps``.
+    """
+    used = 0
+    d = x0.size
+
+    def adv(xs: np.ndarray) -> np.ndarray:
+        nonlocal used
+        used += len(xs)
+        return query(np.ascontiguousarray(xs, dtype=np.float32)) <= 0
+
+    def project(x_a: np.ndarray, r: float) -> np.ndarray:  # L-inf ball of radius r around x0
+        return np.clip(x_a, x0 - r, x0 + r)
+
+    def boundary(x_a: np.ndarray, tol: float) -> np.ndarray:
+        lo, hi = 0.0, float(np.abs(x_a - x0).max())
+        while hi - lo > tol and used < budget:
+            mid = (lo + hi) / 2
+            if adv(project(x_a, mid)[None])[0]:
+                hi = mid
+            else:
+                lo = mid
+        return project(x_a, hi)
+
+    flags = adv(starts)
+    if not flags.any():
+        return {
+            "found": False,
+            "queries": used,
+            "linf": float("inf"),
+            "l2": float("inf"),
+            "success": False,
+            "x": x0,
+        }
+    cands = starts[flags]
+    x = cands[np.argmin(np.abs(cands - x0).reshape(len(cands), -1).max(axis=1))]
+    tol = 1e-3
+    x = boundary(x, tol)
+    t = 0
+    while used < budget:
+        t += 1
+        dist = float(np.abs(x - x0).max())
+        n_eval = int(min(100 * math.sqrt(t), 200, budget - used))
+        if n_eval < 4:
+            break
+        delta = max(1e-3, 0.05 * dist)
+        u = rng.normal(size=(n_eval, *x0.shape)).astype(np.float32)
+        u /= np.linalg.norm(u.reshape(n_eval, -1), axis=1).reshape(-1, 1, 1, 1) / math.sqrt(
+            d
+        )  # unit L-inf-ish scale
+        u = np.clip(u, -1, 1)
+        probes = np.clip(x[None] + delta * u, 0, 1)
+        f = np.where(adv(probes), 1.0, -1.0)
+        f = f - f.mean() if 0 < (f > 0).mean() < 1 else f
+        grad = (f.reshape(-1, 1, 1, 1) * u).mean(axis=0)
+        direction = np.sign(grad)
+        step = dist / math.sqrt(t)
+        moved = None
+        while used < budget and step > tol / 4:
+            cand = np.clip(x + step * direction, 0, 1)
+            if adv(cand[None])[0]:
+                moved = cand
+                break
+            step /= 2
+        if moved is None:
+            continue
+        x_new = boundary(moved, tol)
+        if np.abs(x_new - x0).max() < dist:
+            x = x_new
+    linf = float(np.abs(x - x0).max())
+    return {"found": True, "queries": used, "linf": linf, "l2": float(np.linalg.norm(x - x0)),
+            "success": bool(linf <= eps + 1e-6), "x": x}  # fmt: skip
+
+
+# ---- the evaluation --------------------------------------------------------------------------
+
+
+def _detection(
+    scores_adv: np.ndarray, scores_clean: np.ndarray, thr: float, fooled: np.ndarray | None = None
+) -> dict:
+    out = {
+        "detection_rate": float((scores_adv > thr).mean()) if len(scores_adv) else float("nan"),
+        "auroc": roc_auc(
+            np.concatenate([scores_clean, scores_adv]),
+            np.concatenate([np.zeros(len(scores_clean)), np.ones(len(scores_adv))]),
+        ),
+    }
+    if fooled is not None:
+        out["detection_rate_fooling"] = (
+            float((scores_adv[fooled] > thr).mean()) if fooled.any() else float("nan")
+        )
+        out["fooled_and_undetected"] = (
+            float((fooled & (scores_adv <= thr)).mean()) if len(fooled) else float("nan")
+        )
+    return out
+
+
+def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScorer, thresholds: dict,
+                   test: CropSet, *, seed: int = 0, max_fakes: int = 200, quick: bool = False,
+                   blackbox_images: int | None = None, blackbox_queries: int | None = None,
+                   ood_n: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything of :func:`evaluate` on given objects. ``query`` maps float32 NCHW to logits [N]."""
+    log = get_logger()
+    t_start = time.monotonic()
+    gen = lambda: torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    frame_thr = float(thresholds["frame_prob"])
+    z_thr = _logit(frame_thr)
+    a_thr = float(thresholds["anomaly"])
+    scorer = scorer.with_threshold(a_thr, fpr=float(thresholds.get("anomaly_fpr", scorer.fpr)))
+    maha = TorchMahalanobis(scorer)
+
+    x = as_float_tensor(test.images)
+    y = test.labels.astype(np.float64)
+    logits, feats = _predict(model, x)
+    probs = 1 / (1 + np.exp(-logits))
+    clean_scores = scorer.score(feats)
+    vp, vl = video_scores(probs, test.video, test.labels)
+    clean: dict[str, Any] = {
+        "frames": len(y), "videos": len(vl), "fakes": int((y == 1).sum()),
+        "frame_auc": roc_auc(probs, y), "video_auc": roc_auc(vp, vl), "log_loss": log_loss(probs, y),
+        "frame_accuracy": float(((probs > frame_thr) == (y == 1)).mean()),
+        "video_accuracy": float(((vp > float(thresholds["video_prob"])) == (vl == 1)).mean()),
+        "frame_threshold": frame_thr, "video_threshold": float(thresholds["video_prob"]),
+        "anomaly_threshold": a_thr, "clean_anomaly_rate": float((clean_scores > a_thr).mean()),
+    }  # fmt: skip
+
+    detected = np.where((y == 1) & (probs > frame_thr))[0]
+    if len(detected) > max_fakes:
+        detected = np.sort(rng.choice(detected, max_fakes, replace=False))
+    xf = x[detected]
+    ones = torch.ones(len(detected))
+    lm = _Logits(model)
+    n = len(detected)
+    log.info("evaluating", frames=len(y), attacked=n, quick=quick)
+
+    attack_rows: dict[str, dict[str, Any]] = {}
+    adv_store: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = {}
+
+    def record(
+        name: str, family: str, eps: float | None, xa: torch.Tensor | None, error: str | None = None, **extra
+    ):
+        row: dict[str, Any] = {"family": family, "eps": eps, "attacked": n, **extra}
+        if xa is None:  # the attack could not run (zero gradient everywhere): it moved nothing
+            xa = xf.clone()
+            row["error"] = error
+        la, fa = _predict(model, xa)
+        fooled = la <= z_thr
+        s = scorer.score(fa) if n else np.zeros(0)
+        delta = (xa - xf).flatten(1)
+        row.update(
+            success_rate=float(fooled.mean()) if n else float("nan"),
+            linf_max=float(delta.abs().max()) if n else 0.0,
+            in_range=bool(n == 0 or (xa.min() >= 0 and xa.max() <= 1)),
+            median_l2=float(delta.norm(dim=1).median()) if n else float("nan"),
+            median_linf=float(delta.abs().amax(dim=1).median()) if n else float("nan"),
+            **_detection(s, clean_scores, a_thr, fooled),
+        )
+        attack_rows[name] = row
+        adv_store[name] = (xa, la, s)
+
+    def safe(fn):
+        try:
+            return fn(), None
+        except AttackError as err:
+            return None, str(err).splitlines()[0]
+
+    steps = 10
+    eps_list = list(EPS_REPORT)
+    if n:
+        zero_share = attacks.zero_gradient_share(lm, xf, ones)
+        for eps in eps_list:
+            xa, err = safe(lambda eps=eps: attacks.fgsm(lm, xf, ones, eps))
+            record(f"fgsm@{_label(eps)}", "fgsm", eps, xa, err)
+            xa, err = safe(lambda eps=eps: attacks.pgd(lm, xf, ones, eps, steps=steps, generator=gen()))
+            record(f"pgd@{_label(eps)}", "pgd", eps, xa, err, steps=steps, restarts=1)
+        e4 = 4 / 255
+        xa, err = safe(lambda: attacks.pgd(lm, xf, ones, e4, steps=2 * steps, generator=gen()))
+        record("pgd20@4/255", "pgd_steps", e4, xa, err, steps=2 * steps, restarts=1)
+        restarts = 2 if quick else 3
+        xa, err = safe(lambda: attacks.pgd(lm, xf, ones, e4, steps=steps, restarts=restarts, generator=gen()))
+        record(f"pgd_r{restarts}@4/255", "pgd_restarts", e4, xa, err, steps=steps, restarts=restarts)
+        xa, err = safe(lambda: attacks.pgd(lm, xf, ones, 1.0, steps=2 * steps, alpha=0.05, generator=gen()))
+        record("pgd@unbounded", "pgd_unbounded", 1.0, xa, err, steps=2 * steps, restarts=1)
+        xa, err = safe(lambda: attacks.deepfool(_Logits(model, z_thr), xf, steps=50))
+        record("deepfool", "deepfool", None, xa, err)
+        # adaptive attack on classifier + detector
+        logit_scale = float(np.std(logits)) or 1.0
+        score_scale = float(np.std(clean_scores)) or 1.0
+        for eps in (4 / 255, 8 / 255):
+            xa = adaptive_pgd(model, maha, xf, eps=eps, logit_thr=z_thr, score_thr=a_thr, logit_scale=logit_scale,
+                              score_scale=score_scale, steps=2 * steps, generator=gen())  # fmt: skip
+            record(f"adaptive@{_label(eps)}", "adaptive", eps, xa, None, steps=2 * steps)
+    else:
+        zero_share = float("nan")
+
+    # Decision-based black-box attack through the query function (ONNX Runtime in production).
+    bb_n = blackbox_images if blackbox_images is not None else (3 if quick else 8)
+    bb_q = blackbox_queries if blackbox_queries is not None else (400 if quick else 1500)
+    bb_eps = 8 / 255
+    reals = np.where((y == 0) & (probs <= frame_thr))[0]
+    bb_rows = []
+    bb_idx = np.sort(rng.choice(n, min(bb_n, n), replace=False)) if n else np.zeros(0, int)
+    starts_all = (
+        x[reals[:32]].numpy() if len(reals) else rng.uniform(0, 1, (8, *x.shape[1:])).astype(np.float32)
+    )
+    qfn = lambda xs: np.asarray(query(xs), np.float64) - z_thr
+    for i in bb_idx:
+        x0 = xf[i].numpy()
+        pick = starts_all[rng.choice(len(starts_all), min(8, len(starts_all)), replace=False)]
+        r = hop_skip_jump(qfn, x0, pick, budget=bb_q, eps=bb_eps, rng=rng)
+        bb_rows.append({k: v for k, v in r.items() if k != "x"} | {"index": int(detected[i])})
+    pgd8 = adv_store.get(f"pgd@{_label(bb_eps)}")
+    bb = {
+        "images": len(bb_rows), "query_budget": bb_q, "eps": bb_eps,
+        "success_rate": float(np.mean([r["success"] for r in bb_rows])) if bb_rows else float("nan"),
+        "found_rate": float(np.mean([r["found"] for r in bb_rows])) if bb_rows else float("nan"),
+        "median_linf": float(np.median([r["linf"] for r in bb_rows])) if bb_rows else float("nan"),
+        "median_l2": float(np.median([r["l2"] for r in bb_rows])) if bb_rows else float("nan"),
+        "median_queries": float(np.median([r["queries"] for r in bb_rows])) if bb_rows else float("nan"),
+        "white_box_pgd_same_images": float((pgd8[1][bb_idx] <= z_thr).mean()) if (pgd8 and len(bb_idx)) else float("nan"),
+        "per_image": bb_rows,
+    }  # fmt: skip
+
+    # OOD sets against the detector.
+    on = ood_n if ood_n is not None else (32 if quick else 200)
+    ood: dict[str, Any] = {}
+    ood_scores: dict[str, np.ndarray] = {}
+    for name, imgs in ood_sets(test.images, n=min(on, len(test)), seed=seed + 2).items():
+        _, f = _predict(model, as_float_tensor(imgs))
+        s = scorer.score(f)
+        ood_scores[name] = s
+        ood[name] = _detection(s, clean_scores, a_thr)
+
+    result: dict[str, Any] = {
+        "clean": clean,
+        "attacked_fakes": n,
+        "zero_gradient_share": zero_share,
+        "attacks": attack_rows,
+        "blackbox": bb,
+        "ood": ood,
+        "quick": quick,
+        "seed": seed,
+        "ssim_generator": "skipped: the registry does not store generator weights",
+    }
+    result["sanity"] = sanity_checks(result)
+    result["timings"] = {"eval_s": time.monotonic() - t_start}
+    result["_figures"] = _figure_data(
+        model, lm, x, y, probs, clean_scores, detected, adv_store, ood_scores, attack_rows
+    )
+    return result
+
+
+def _figure_data(
+    model, lm, x, y, probs, clean_scores, detected, adv_store, ood_scores, rows
+) -> dict[str, Any]:
+    """Arrays for the report's figures (not part of metrics.json)."""
+    from sklearn.metrics import roc_curve
+
+    figs: dict[str, Any] = {"clean_scores": clean_scores, "ood_scores": ood_scores, "adv_scores": {}}
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, probs)
+        figs["roc"] = {"fpr": fpr, "tpr": tpr}
+    for name in ("pgd@4/255", "pgd@8/255", "adaptive@8/255", "deepfool"):
+        if name in adv_store:
+            figs["adv_scores"][name] = adv_store[name][2]
+    k = min(6, len(detected))
+    key = "pgd@8/255" if "pgd@8/255" in adv_store else None
+    if k and key:
+        xa, la, sa = adv_store[key]
+        cl, _ = _predict(model, x[detected[:k]])
+        figs["samples"] = {
+            "attack": key,
+            "clean": x[detected[:k]].numpy(), "adv": xa[:k].numpy(),
+            "clean_prob": 1 / (1 + np.exp(-cl)), "adv_prob": 1 / (1 + np.exp(-la[:k])),
+            "clean_score": clean_scores[detected[:k]], "adv_score": sa[:k],
+        }  # fmt: skip
+        xs = x[detected[:k]].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(lm(xs).sum(), xs)
+        figs["saliency"] = {"images": x[detected[:k]].numpy(), "grad": g.abs().amax(dim=1).numpy()}
+    return figs
+
+
+def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """[{name, passed, numbers, note}] computed from the attack rows of ``result``."""
+    rows = result["attacks"]
+    n = max(1, result["attacked_fakes"])
+    tol = max(0.02, 1.0 / n)  # one example of slack, at least 2 points
+    checks: list[dict[str, Any]] = []
+
+    def add(name, passed, numbers, note=""):
+        checks.append({"name": name, "passed": bool(passed), "numbers": numbers, "note": note})
+
+    if not rows:
+        add("attacks ran", False, {"attacked": 0}, "no correctly detected fake in the test split")
+        return checks
+    for fam in ("fgsm", "pgd"):
+        curve = [(r["eps"], r["success_rate"]) for r in rows.values() if r["family"] == fam]
+        curve.sort()
+        ok = all(b[1] >= a[1] - tol for a, b in itertools.pairwise(curve))
+        add(f"{fam} success rises with eps", ok, {_label(e): s for e, s in curve}, f"tolerance {tol:.3f}")
+    base = rows.get("pgd@4/255", {}).get("success_rate", float("nan"))
+    for key in [k for k in rows if rows[k]["family"] in ("pgd_steps", "pgd_restarts")]:
+        v = rows[key]["success_rate"]
+        add(
+            f"{key} >= pgd@4/255 (10 steps)",
+            v >= base - tol,
+            {key: v, "pgd@4/255": base},
+            f"tolerance {tol:.3f}",
+        )
+    ub = rows.get("pgd@unbounded", {}).get("success_rate", float("nan"))
+    add(
+        "unbounded PGD reaches >= 95%",
+        ub >= UNBOUNDED_MIN,
+        {"pgd@unbounded": ub},
+        ""
+        if ub >= UNBOUNDED_MIN
+        else "an unbounded attack must always win: gradients are masked or the attack is broken",
+    )
+    fg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "fgsm"}
+    pg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "pgd"}
+    ok = all(fg[e] <= pg[e] + tol for e in fg if e in pg)
+    add(
+        "FGSM <= PGD at every eps",
+        ok,
+        {_label(e): {"fgsm": fg[e], "pgd": pg.get(e)} for e in fg},
+        f"tolerance {tol:.3f}",
+    )
+    bb = result.get("blackbox", {})
+    bbs, wbs = bb.get("success_rate", float("nan")), bb.get("white_box_pgd_same_images", float("nan"))
+    if bb.get("images"):
+        add("black-box <= white-box (8/255, same images)", bbs <= wbs + tol, {"blackbox": bbs, "white_box_pgd": wbs},
+            "a black-box attack beating white-box PGD means gradients are masked")  # fmt: skip
+    adaptive = rows.get("adaptive@8/255", {}).get("fooled_and_undetected")
+    plain = rows.get("pgd@8/255", {}).get("fooled_and_undetected")
+    if adaptive is not None and plain is not None:
+        add("adaptive >= plain PGD on the whole defence (8/255)", adaptive >= plain - tol,
+            {"adaptive": adaptive, "pgd": plain}, f"tolerance {tol:.3f}")  # fmt: skip
+    zg = result.get("zero_gradient_share", float("nan"))
+    add(
+        "share of zero input gradients ~0",
+        zg <= ZERO_GRAD_MAX,
+        {"zero_gradient_share": zg},
+        f"at most {ZERO_GRAD_MAX}",
+    )
+    norm_ok = all(
+        r["in_range"] and (r["eps"] is None or r["linf_max"] <= r["eps"] + 1e-6) for r in rows.values()
+    )
+    add("every attack stays in [0,1] and its L-inf ball", norm_ok,
+        {k: r["linf_max"] for k, r in rows.items() if r["eps"] is not None})  # fmt: skip
+    return checks
+
+
+# ---- loading a registered version --------------------------------------------------------------
+
+
+def load_test_split(data_dirs, config: dict, cache_dir: str | Path, *, workers: int = 2) -> CropSet:
+    """The trainer's held-out test crops: same split shares and seed as recorded in its config."""
+    videos = read_dataset(data_dirs)
+    splits = split_by_group(videos, val=float(config.get("val_share", 0.15)), test=float(config.get("test_share", 0.2)),
+                            seed=int(config.get("seed", 0)))  # fmt: skip
+    cache = CropCache(cache_dir, CropConfig(size=int(config.get("image_size", 64)),
+                                            frames_per_video=int(config.get("frames_per_video", 16))))  # fmt: skip
+    cache.build(splits["test"], workers=workers, progress=False)
+    return cache.load(splits["test"])
+
+
+def _subset(cs: CropSet, frac: float, seed: int) -> CropSet:
+    """A random share of the test videos (all their crops), for quick runs."""
+    keep_v = np.random.default_rng(seed).permutation(len(cs.videos))[: max(2, round(frac * len(cs.videos)))]
+    mask = np.isin(cs.video, keep_v)
+    return CropSet(cs.images[mask], cs.labels[mask], cs.video[mask], cs.frame_index[mask], cs.videos)
+
+
+def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max_fakes: int = 200,
+             quick: bool = False, cache_dir=None, video_share: float = 1.0, **kwargs) -> dict[str, Any]:  # fmt: skip
+    """Evaluate a registered version on its held-out test split; write the report to ``out_dir`` if given.
+
+    ``cache_dir`` defaults to the crop cache in the version's training config. ``video_share`` < 1
+    evaluates a random share of the test videos. Extra keyword arguments go to :func:`run_evaluation`.
+    Returns the result dict (``_figures`` holds arrays for the report; everything else is JSON).
+    """
+    from forensics.runtime import OnnxDiscriminator
+
+    art = Registry(models_dir).load(version)
+    metrics_path = art.path / "report" / "metrics.json"
+    meta = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    config = meta.get("config", {})
+    config.setdefault("image_size", art.input_size)
+    test = load_test_split(data_dirs, config, cache_dir or config.get("cache_dir", ".forensics/crops"))
+    if video_share < 1:
+        test = _subset(test, video_share, seed)
+    if quick:
+        max_fakes = min(max_fakes, 48)
+    model = load_discriminator(art.path / "discriminator.pt")
+    onnx = OnnxDiscriminator(art.model_path, intra_op_threads=1)
+    scorer = MahalanobisScorer.load(art.scorer_path)
+    result = run_evaluation(model, lambda xs: onnx.run_float(xs).logits, scorer, art.manifest["thresholds"], test,
+                            seed=seed, max_fakes=max_fakes, quick=quick, **kwargs)  # fmt: skip
+    result["version"] = art.version
+    result["data"] = [str(d) for d in data_dirs]
+    result["model_sha256"] = art.sha256
+    if out_dir is not None:
+        from trainer.report import write_report
+
+        result["report"] = str(write_report(result, meta.get("history", []), out_dir))
+    return result
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers for the CLI."""
+    rows = result["attacks"]
+    return {
+        "version": result.get("version"),
+        "clean_frame_auc": result["clean"]["frame_auc"],
+        "clean_video_auc": result["clean"]["video_auc"],
+        "frame_accuracy": result["clean"]["frame_accuracy"],
+        "attacked_fakes": result["attacked_fakes"],
+        "success": {k: v["success_rate"] for k, v in rows.items()},
+        "deepfool_median_l2": rows.get("deepfool", {}).get("median_l2"),
+        "deepfool_median_linf": rows.get("deepfool", {}).get("median_linf"),
+        "blackbox": {
+            k: result["blackbox"][k]
+            for k in ("success_rate", "median_linf", "median_l2", "median_queries", "images")
+        },
+        "adaptive_fooled_and_undetected": {
+            k: v["fooled_and_undetected"] for k, v in rows.items() if v["family"] == "adaptive"
+        },
+        "anomaly_detection_rate": {k: v["detection_rate"] for k, v in rows.items()},
+        "ood_detection_rate": {k: v["detection_rate"] for k, v in result["ood"].items()},
+        "sanity_failed": [c["name"] for c in result["sanity"] if not c["passed"]],
+        "report": result.get("report"),
+    }
