@@ -180,6 +180,9 @@ class DetectSettings(_Section):
     anomaly_rate: float = Field(
         0.5, gt=0, le=1, description="Share of anomalous crops (window or file) that raises an anomaly alert."
     )
+    evidence_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long the evidence crops of alerts are kept in Redis, seconds."
+    )
 
 
 class Settings(BaseSettings):

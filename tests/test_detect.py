@@ -94,6 +94,16 @@ def test_dropped_files_get_exactly_one_verdict_each_with_mostly_right_labels(r, 
     v = next(iter(by_file.values()))
     assert v["model"]["version"] == "v0001" and len(v["model"]["sha256"]) == 64
     assert v["faces_scored"] >= 8 and 0 <= v["anomaly_rate"] <= 1 and v["evidence"]["box"]
+    # The evidence crop of every verdict is kept, as a 64x64 PNG.
+    import cv2
+
+    from workers.detect import evidence_field, evidence_key
+
+    for v in verdicts:
+        png = r.hget(evidence_key(Keys(dsettings.redis.prefix), v["source"]),
+                     evidence_field(v["evidence"]["frame"], v["evidence"]["track"]))  # fmt: skip
+        assert png is not None
+        assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
     # Results stream carries per-batch scores; the frames stream was acked and emptied.
     assert r.xlen(Keys(dsettings.redis.prefix).results) > 0
     assert backlog(r, Keys(dsettings.redis.prefix).frames) == 0

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import redis
 
@@ -217,6 +218,7 @@ class DetectWorker:
             raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
         records = self._records(b, scores) if scores is not None else []
         if b.kind == "frames":
+            self._keep_evidence(b, records)
             self._write_result(b, records)
             self.stats["batches"] += 1
             self.stats["faces"] += len(records)
@@ -237,6 +239,25 @@ class DetectWorker:
         }  # fmt: skip
         self.r.xadd(self.keys.results, {"event": json.dumps(event, separators=(",", ":"))},
                     maxlen=_RESULTS_MAXLEN, approximate=True)  # fmt: skip
+
+    def _keep_evidence(self, b: FrameBatch, records: list[CropRecord]) -> None:
+        """Keep the batch's most fake-looking and most anomalous crops (PNG) for alerts' evidence.
+
+        ``forensics explain ALERT_ID`` and retraining on analysts' labels read them back from
+        ``<prefix>:crops:<source>`` (field ``<frame>:<track>``) for ``detect.evidence_ttl_s``.
+        """
+        if not records:
+            return
+        picks = {max(range(len(records)), key=lambda i: records[i].prob),
+                 max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
+        key = evidence_key(self.keys, b.source)
+        pipe = self.r.pipeline(transaction=False)
+        for i in picks:
+            ok, png = cv2.imencode(".png", cv2.cvtColor(b.images[i], cv2.COLOR_RGB2BGR))
+            if ok:
+                pipe.hset(key, evidence_field(records[i].frame, records[i].track), png.tobytes())
+        pipe.expire(key, self.cfg.evidence_ttl_s)
+        pipe.execute()
 
     def _agg_key(self, source: str) -> str:
         return f"{self.keys.prefix}:agg:{source}"
@@ -327,6 +348,14 @@ class DetectWorker:
 
     def backlog(self) -> int:
         return backlog(self.r, self.keys.frames)
+
+
+def evidence_key(keys: Keys, source: str) -> str:
+    return f"{keys.prefix}:crops:{source}"
+
+
+def evidence_field(frame: int, track: int | None) -> str:
+    return f"{frame}:{track}"
 
 
 def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:
