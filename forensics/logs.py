@@ -28,7 +28,7 @@ def configure_logging(role: str, level: str = "info", fmt: str = "auto") -> None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     # contextvars do not cross into new threads, so the role is also a global default below.
@@ -38,6 +38,17 @@ def configure_logging(role: str, level: str = "info", fmt: str = "auto") -> None
 
 
 _ROLE = {"role": "cli"}
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (it is swapped by test runners and daemonizers),
+    so a logger configured once never writes to a stream that has since been closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def get_logger(**context: Any) -> Any:
