@@ -252,6 +252,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         threads=args.threads,
         resume=args.resume,
         promote=args.promote,
+        evaluate=not args.no_eval,
         progress=not args.no_progress,
         run_dir=str(settings.state_dir / "train"),
         cache_dir=str(settings.state_dir / "crops"),
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--promote", action="store_true", help="promote the new version (the first one always is)")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-eval", action="store_true", help="skip the quick robustness report at the end")
     s.set_defaults(func=cmd_train, role="trainer")
 
     s = sub.add_parser("eval", help="robustness evaluation of a model version on its held-out test split (report)")

@@ -22,7 +22,10 @@ def test_training_registers_a_verified_promoted_artifact(trained):
     assert art.version == trained["version"] and trained["promoted"]
     m = art.manifest
     assert m["input_size"] == 64 and m["outputs"] == ["logits", "feat0", "feat1", "feat2", "feat3"]
-    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "discriminator.pt", "report/metrics.json"}
+    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "discriminator.pt", "report/metrics.json",
+                               "report/eval/report.html", "report/eval/metrics.json"}  # fmt: skip
+    html = (art.path / "report" / "eval" / "report.html").read_text()
+    assert html.count("<img") >= 6
     assert len(m["data_fingerprint"]) == 64 and m["parent"] is None
     th = m["thresholds"]
     assert 0 < th["frame_prob"] < 1 and 0 < th["video_prob"] < 1 and np.isfinite(th["anomaly"])
@@ -85,8 +88,8 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     base = dict(data=cfg.data, frames_per_video=cfg.frames_per_video, batch_size=32, eval_subset=32,
                 val_share=0.25, test_share=0.25, progress=False, run_dir=str(run), cache_dir=cfg.cache_dir,
                 models_dir=str(tmp_path / "models"))  # fmt: skip
-    train(TrainConfig(gan_epochs=1, adv_epochs=0, **base))
-    out = train(TrainConfig(gan_epochs=2, adv_epochs=0, resume=True, **base))
+    train(TrainConfig(gan_epochs=1, adv_epochs=0, evaluate=False, **base))
+    out = train(TrainConfig(gan_epochs=2, adv_epochs=0, resume=True, evaluate=False, **base))
     metrics = json.loads((tmp_path / "models" / out["version"] / "report" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]  # epoch 1 was not redone
 
@@ -97,7 +100,7 @@ def test_two_process_ddp_training_on_cpu(small_dataset, tmp_path):
            "FORENSICS_MODELS_DIR": str(tmp_path / "models"), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "forensics.cli", "train", "--data", str(small_dataset), "--frames", "4", "--gan-epochs", "1",
-           "--adv-epochs", "1", "--batch-size", "16", "--threads", "1", "--no-progress"]  # fmt: skip
+           "--adv-epochs", "1", "--batch-size", "16", "--threads", "1", "--no-progress", "--no-eval"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reg = Registry(tmp_path / "models")

@@ -86,6 +86,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False
     promote: bool = False  # promote when done (the first model is always promoted)
+    evaluate: bool = True  # quick robustness evaluation + report.html in report/eval/ (hashed in the manifest)
     run_dir: str = ".forensics/train"
     cache_dir: str = ".forensics/crops"
     models_dir: str = "models"
@@ -582,6 +583,8 @@ class Trainer:
             "world_size": self.dist.world,
         }
         (vdir / "report" / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1))
+        if cfg.evaluate:
+            self.write_eval_report(version, vdir, D, scorer, thresholds)
         adv = metrics["adversarially_trained"]
         manifest = reg.write_manifest(
             version,
@@ -614,6 +617,22 @@ class Trainer:
         self.log.info("model registered", version=version, promoted=promoted, path=str(vdir))
         return {"version": version, "path": str(vdir), "promoted": promoted, "manifest": manifest,
                 "metrics": report["test"], "thresholds": thresholds}  # fmt: skip
+
+
+    def write_eval_report(self, version: str, vdir: Path, D: Discriminator, scorer: MahalanobisScorer,
+                          thresholds: dict) -> None:  # fmt: skip
+        """The evaluation protocol of `forensics eval` in quick mode, before the manifest is written."""
+        from forensics.runtime import OnnxDiscriminator  # noqa: PLC0415
+        from trainer.evaluate import run_evaluation  # noqa: PLC0415
+        from trainer.report import write_report  # noqa: PLC0415
+
+        t0 = time.monotonic()
+        onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
+        result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, self.crops["test"],
+                                seed=self.cfg.seed, quick=True)  # fmt: skip
+        result["version"] = version
+        write_report(result, self.history, vdir / "report" / "eval")
+        self.timings["eval_s"] = time.monotonic() - t0
 
 
 def export_onnx(D: Discriminator, path: Path, sample: torch.Tensor) -> dict:
