@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import redis
 
+from forensics.errors import ForensicsError
 from forensics.streams import Keys
 
 SCHEMA_VERSION = 1
@@ -91,3 +92,53 @@ def follow_alerts(r: redis.Redis, keys: Keys, *, since: bytes | str = "$", block
                     yield entry_id, parse_alert(fields[b"event"])
                 except (KeyError, ValueError):
                     continue
+
+
+# ---- reading alerts and their evidence back (explain, labelling) ----------------------------
+
+
+class AlertNotFound(ForensicsError, LookupError):
+    """No alert with this id in the alerts stream (or its evidence crop has expired)."""
+
+
+def find_alert(r: redis.Redis, keys: Keys, alert_id: str, *, chunk: int = 500) -> dict[str, Any]:
+    """The alert with ``alert_id``, searched newest first in the alerts stream; raises AlertNotFound."""
+    needle = json.dumps(alert_id)[1:-1].encode()  # a cheap substring test before parsing JSON
+    last = "+"
+    while True:
+        entries = r.xrevrange(keys.alerts, max=last, min="-", count=chunk)
+        for entry_id, fields in entries:
+            raw = fields.get(b"event", b"")
+            if needle in raw:
+                try:
+                    event = parse_alert(raw)
+                except ValueError:
+                    continue
+                if event.get("alert_id") == alert_id:
+                    return event
+        if len(entries) < chunk:
+            raise AlertNotFound(f"no alert {alert_id!r} in {keys.alerts} (trimmed, or never published)")
+        last = "(" + entries[-1][0].decode()
+
+
+def evidence_key(keys: Keys, source: str) -> str:
+    """Hash of a source's evidence crops (PNG bytes), kept by detect workers for evidence_ttl_s."""
+    return f"{keys.prefix}:crops:{source}"
+
+
+def evidence_field(frame: int, track: int | None) -> str:
+    return f"{frame}:{track}"
+
+
+def evidence_png(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> bytes:
+    """The PNG of the face crop an alert's ``evidence`` points at; raises AlertNotFound if gone."""
+    ev = alert.get("evidence")
+    if not isinstance(ev, dict) or "frame" not in ev:
+        raise AlertNotFound(f"alert {alert.get('alert_id')!r} ({alert.get('kind')}) carries no face evidence")
+    png = r.hget(evidence_key(keys, str(alert["source"])), evidence_field(int(ev["frame"]), ev.get("track")))
+    if png is None:
+        raise AlertNotFound(
+            f"the evidence crop of alert {alert['alert_id']!r} has expired or was never kept "
+            f"(detect.evidence_ttl_s sets how long crops are kept)"
+        )
+    return png

@@ -289,6 +289,52 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    """Saliency figure for one alert: its evidence crop from Redis, the alert's model version."""
+    import cv2
+    import numpy as np
+
+    from forensics.alerts import evidence_png, find_alert
+    from forensics.redisconn import redis_for
+    from forensics.registry import Registry
+    from forensics.streams import Keys
+
+    try:
+        from trainer.models import load_discriminator
+        from trainer.saliency import explain_crop, saliency_figure
+    except ImportError as err:
+        raise ConfigError(f"explain needs the trainer's packages ({err.name}): pip install 'video-forensics[train]'") from None
+    keys = Keys(settings.redis.prefix)
+    with redis_for(settings) as (r, _url):
+        alert = find_alert(r, keys, args.alert_id)
+        png = evidence_png(r, keys, alert)
+    crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    if crop is None:
+        raise ConfigError(f"the evidence crop of alert {args.alert_id!r} is not a readable PNG")
+    crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    model_info = alert.get("model") or {}
+    reg = Registry(Path(args.models) if args.models else settings.models_dir)
+    art = reg.load(model_info.get("version"))  # verifies every file's sha256
+    if model_info.get("sha256") and model_info["sha256"] != art.sha256:
+        raise ConfigError(f"model {art.version} in {reg.root} is not the one that raised alert {args.alert_id!r}")
+    if not (art.path / "discriminator.pt").exists():
+        raise ConfigError(f"model {art.version} has no torch weights (discriminator.pt) to explain with")
+    model = load_discriminator(art.path / "discriminator.pt")
+    ex = explain_crop(model, crop, margin=settings.faces.margin)
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.alert_id)
+    out = Path(args.out) if args.out else Path(f"explain-{safe_id}.png")
+    ev = alert["evidence"]
+    saliency_figure(crop, ex, out, title=f"{alert['kind']} {args.alert_id} · {alert['source']} frame {ev['frame']} · "
+                    f"model {art.version}")  # fmt: skip
+    print(json.dumps({
+        "alert_id": args.alert_id, "kind": alert["kind"], "source": alert["source"], "model": art.version,
+        "frame": ev["frame"], "box": ev.get("box"), "fake_prob_alert": ev.get("fake_prob"),
+        "fake_prob_torch": ex["fake_prob"], "regions_input_gradient": ex["regions_input_gradient"],
+        "regions_grad_cam": ex["regions_grad_cam"], "figure": str(out),
+    }, indent=1))  # fmt: skip
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.registry import Registry
 
@@ -304,15 +350,73 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             auc = f"{row['auc']:.3f}" if isinstance(row["auc"], float) else "-"
             print(f"{mark} {row['version']}  {row['created_at']}  size={row['input_size']}  "
                   f"video_auc={auc}  parent={row['parent'] or '-'}")  # fmt: skip
+            for d in row["decisions"]:
+                print(f"      retrain {d['run_id']}: {d['decision']} ({d['reason']})")
+            for h in row["promotions"]:
+                print(f"      promoted {h['at']}: {h['reason']}")
     elif args.action == "verify":
         art = reg.load(args.version)
         print(f"{art.version}: {len(art.manifest['files'])} files match the manifest")
-    elif args.action == "promote":
-        art = reg.promote(args.version, reason="manual")
-        print(f"current -> {art.version}")
-    elif args.action == "rollback":
-        art = reg.rollback()
-        print(f"current -> {art.version}")
+    elif args.action in ("promote", "rollback"):
+        from forensics.announce import promote_announced, rollback_announced
+        from forensics.redisconn import redis_for
+        from forensics.streams import Keys
+
+        # Detect workers follow the announcement on Redis, so a change on disk alone is not enough.
+        with redis_for(settings) as (r, _url):
+            keys = Keys(settings.redis.prefix)
+            if args.action == "promote":
+                art = promote_announced(reg, r, keys, args.version, reason="manual")
+            else:
+                art = rollback_announced(reg, r, keys)
+        print(f"current -> {art.version} (announced on {keys.model})")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.labels import record_label
+    from forensics.redisconn import redis_for
+    from forensics.streams import Keys
+
+    with redis_for(settings) as (r, _url):
+        rec = record_label(r, Keys(settings.redis.prefix), args.alert_id, args.label, by=args.by,
+                           crop_ttl_s=settings.retrain.label_crop_ttl_s)  # fmt: skip
+    crops = f"{rec['crops']} crop(s) kept for retraining" if rec["crops"] else "its crop has expired: not usable for training"
+    print(f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}")
+    return 0
+
+
+def _print_run(record: dict) -> None:
+    screen = record.get("screen", {})
+    gate = record.get("gate", {})
+    summary = {
+        "run_id": record["run_id"], "decision": record["decision"], "reason": record.get("reason"),
+        "current": record.get("current"), "candidate": record.get("candidate"),
+        "screen": {k: screen.get(k) for k in ("samples_in", "accepted", "quarantined", "capped")},
+        "gate": {m: {k: gate[m].get(k) for k in ("clean_frame_auc", "attack_success_rate")}
+                 for m in ("current", "candidate") if m in gate},
+    }  # fmt: skip
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.now:
+        raise ConfigError("retraining runs on a schedule with `forensics trainer`; add --now for one run now")
+    from forensics.redisconn import redis_for
+    from trainer.retrain import run_retrain
+
+    with redis_for(settings) as (r, _url):
+        _print_run(run_retrain(settings, r, trigger="manual"))
+    return 0
+
+
+def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.redisconn import redis_for
+    from trainer.schedule import Scheduler
+
+    stop = _stop_event()
+    with redis_for(settings) as (r, _url):
+        Scheduler(settings, r).run(stop)
     return 0
 
 
@@ -409,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_eval, role="eval")
 
+    s = sub.add_parser("explain", help="saliency figure (input gradients, Grad-CAM) of an alert's evidence crop")
+    s.add_argument("alert_id", metavar="ALERT_ID")
+    s.add_argument("--out", metavar="PNG", help="default: ./explain-<ALERT_ID>.png")
+    s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
+    s.set_defaults(func=cmd_explain, role="explain")
+
     s = sub.add_parser("models", help="list, verify, promote or roll back model versions")
     msub = s.add_subparsers(dest="action", metavar="ACTION")
     msub.required = True
@@ -416,10 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m = msub.add_parser("verify", help="check every file of a version against its manifest")
     m.add_argument("version", nargs="?")
-    m = msub.add_parser("promote", help="make VERSION current (atomically)")
+    m = msub.add_parser("promote", help="make VERSION current (atomically) and announce it to detect workers")
     m.add_argument("version")
-    msub.add_parser("rollback", help="return to the version current before this one")
+    msub.add_parser("rollback", help="return to the version current before this one, and announce it")
     s.set_defaults(func=cmd_models, role="models")
+
+    s = sub.add_parser("label", help="record an analyst's verdict on an alert (its crop becomes training data)")
+    s.add_argument("alert_id", metavar="ALERT_ID")
+    s.add_argument("label", choices=["real", "fake"])
+    s.add_argument("--by", metavar="NAME", help="who decided (default: the login name)")
+    s.set_defaults(func=cmd_label, role="label")
+
+    s = sub.add_parser("retrain", help="one retraining run: intake, poisoning screen, candidate, gate")
+    s.add_argument("--now", action="store_true", help="run now (the schedule is `forensics trainer`)")
+    s.set_defaults(func=cmd_retrain, role="trainer")
+
+    s = sub.add_parser("trainer", help="scheduled retraining (retrain.interval_s or retrain.cron)")
+    s.set_defaults(func=cmd_trainer, role="trainer")
     return p
 
 

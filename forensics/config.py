@@ -185,6 +185,94 @@ class DetectSettings(_Section):
     )
 
 
+class RetrainSettings(_Section):
+    """Scheduled retraining (``forensics trainer`` / ``forensics retrain --now``)."""
+
+    interval_s: float = Field(
+        24 * 3600.0, gt=0, description="Seconds between runs (counted from the last run's start); unused when cron is set."
+    )
+    cron: str | None = Field(
+        None, description="Five-field cron expression in UTC (e.g. '0 3 * * *'); overrides interval_s when set."
+    )
+    data_dirs: list[Path] = Field(
+        default_factory=list, description="DFDC-format folders of new labelled clips, screened before each run."
+    )
+    base_data: list[Path] = Field(
+        default_factory=list, description="Training data the candidate always learns from. Empty: the current model's."
+    )
+    holdout_dir: Path | None = Field(
+        None,
+        description="DFDC-format folder the gate evaluates both models on (never trained on). "
+        "Unset: the current model's held-out test split of its base data.",
+    )
+    cache_dir: Path | None = Field(None, description="Face crop cache. Default: <state_dir>/crops.")
+    lock_ttl_s: float = Field(
+        60.0, ge=1, description="The retraining lock expires this long after its last renewal (renewed every third)."
+    )
+    gan_epochs: int | None = Field(None, ge=0, description="Candidate's GAN epochs. Unset: the current model's recipe.")
+    adv_epochs: int | None = Field(None, ge=0, description="Candidate's adversarial epochs. Unset: the current model's.")
+    warm_start: bool = Field(True, description="Start the candidate from the current model's weights (fine-tune).")
+    threads: int = Field(0, ge=0, description="torch threads for training; 0: torch's default.")
+    max_new_share: float = Field(
+        0.5, gt=0, description="Accepted new crops per run, at most this share of the base training crops."
+    )
+    max_source_share: float = Field(
+        0.25, gt=0, description="Accepted new crops from one source (folder or alert source), as a share of base crops."
+    )
+    outlier_quantile: float = Field(
+        0.995, gt=0.5, le=1,
+        description="A new sample is an outlier when its median Mahalanobis score is above this quantile "
+        "of the current model's clean validation crops (crops of one clip are alike, so keep it high).",
+    )  # fmt: skip
+    flip_quantile: float = Field(
+        0.95, gt=0.5, lt=1,
+        description="A label the current model disagrees with is a suspicious flip when the sample is closer to "
+        "the other class mean by more than this quantile of correctly labelled validation crops (and at least 0).",
+    )  # fmt: skip
+    source_alpha: float = Field(
+        0.01, gt=0, lt=1,
+        description="A source is untrusted (all its samples quarantined) when its labels disagree with the current "
+        "model more often than its validation error rate allows at this significance (one-sided binomial).",
+    )
+    auc_margin: float = Field(
+        0.01, ge=0, le=1, description="The gate promotes only if the candidate's clean frame AUC is at most this below."
+    )
+    asr_tolerance: float = Field(
+        0.02, ge=0, le=1,
+        description="...and its PGD 4/255 attack success rate at most this above the current model's "
+        "(sampling noise of a small held-out set).",
+    )  # fmt: skip
+    gate_max_fakes: int = Field(100, ge=1, description="Correctly detected held-out fakes attacked per model.")
+    refine: bool = Field(
+        False, description="Let the anomaly rate on new data move the next run's PGD radius (trainer/refine.py)."
+    )
+    eps_min: float = Field(2 / 255, gt=0, le=1, description="With refine: smallest training radius (L-inf, [0,1] pixels).")
+    eps_max: float = Field(12 / 255, gt=0, le=1, description="With refine: largest training radius.")
+    label_crop_ttl_s: int = Field(
+        90 * 24 * 3600, ge=60, description="How long the crops of analyst-labelled alerts are kept in Redis, seconds."
+    )
+
+    @model_validator(mode="after")
+    def _eps_bounds(self) -> RetrainSettings:
+        if self.eps_max < self.eps_min:
+            raise ValueError(f"eps_max ({self.eps_max}) is below eps_min ({self.eps_min})")
+        return self
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from datetime import datetime, timezone
+
+            from forensics.cron import parse_cron
+
+            try:
+                parse_cron(v).next_after(datetime.now(timezone.utc))
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return v
+
+
 class Settings(BaseSettings):
     """Everything a process of the daemon can be told. One instance per process."""
 
@@ -207,6 +295,7 @@ class Settings(BaseSettings):
     faces: FaceSettings = Field(default_factory=FaceSettings)
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     @model_validator(mode="after")
     def _unique_source_ids(self) -> Settings:

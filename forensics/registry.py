@@ -8,6 +8,7 @@
     models/<version>/report/         metrics.json, figures, report.html
     models/current                   symlink to the promoted version (swapped atomically)
     models/promotions.jsonl          promotion history, for rollback
+    models/runs/<run id>.json        retraining run records (intake, screen, gate, decision)
 
 A version whose files do not match its manifest is refused (ModelError), so a tampered or
 half-copied artifact is never served.
@@ -197,9 +198,41 @@ class Registry:
                 return self.promote(entry["previous"], reason=f"rollback from {cur}")
         raise ModelError(f"nothing to roll back to from {cur or 'no current model'}")
 
+    # -- retraining run records -------------------------------------------------------------
+    def write_run_record(self, record: dict[str, Any]) -> Path:
+        """Write ``runs/<record['run_id']>.json`` atomically (rewritten as the run progresses)."""
+        runs = self.root / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        path = runs / f"{record['run_id']}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, path)
+        return path
+
+    def run_records(self) -> list[dict[str, Any]]:
+        """Every run record, oldest first (unreadable files are skipped)."""
+        out = []
+        for path in sorted((self.root / "runs").glob("*.json")) if (self.root / "runs").is_dir() else []:
+            try:
+                out.append(json.loads(path.read_text()))
+            except ValueError:
+                continue
+        return sorted(out, key=lambda rec: rec.get("started_at", 0))
+
     def describe(self) -> list[dict[str, Any]]:
-        """One row per version for `forensics models list` (unverified: reads manifests only)."""
+        """One row per version for `forensics models list` (unverified: reads manifests only).
+
+        Lineage: ``parent``, ``promotions`` (when and why it became current) and ``decisions``
+        (the gate's decision of the retraining run that produced it).
+        """
         cur = self.current()
+        history = self.history()
+        decisions: dict[str, list[dict[str, Any]]] = {}
+        for rec in self.run_records():
+            if rec.get("candidate"):
+                decisions.setdefault(rec["candidate"], []).append(
+                    {"run_id": rec.get("run_id"), "decision": rec.get("decision"), "reason": rec.get("reason")}
+                )
         rows = []
         for v in self.versions():
             mpath = self.root / v / MANIFEST
@@ -219,6 +252,8 @@ class Registry:
                     "input_size": m.get("input_size"),
                     "auc": metrics.get("clean_video_auc", metrics.get("clean_auc")),
                     "complete": bool(m),
+                    "promotions": [{"at": h.get("at"), "reason": h.get("reason")} for h in history if h["version"] == v],
+                    "decisions": decisions.get(v, []),
                 }
             )
         return rows

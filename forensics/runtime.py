@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,8 @@ from forensics.logs import get_logger
 @dataclass
 class Inference:
     logits: np.ndarray  # float32 [N]; > threshold means FAKE
-    features: list[np.ndarray]  # per tapped layer, float32 [N, C_l]
+    features: list[np.ndarray]  # per tapped layer, float32 [N, C_l]: spatial means of the block's map
+    stds: list[np.ndarray] = dataclasses.field(default_factory=list)  # per layer [N, C_l]: spatial std; [] if absent
 
     @property
     def fake_prob(self) -> np.ndarray:
@@ -38,7 +40,8 @@ def choose_providers(preferred: Sequence[str]) -> list[str]:
 
 
 class OnnxDiscriminator:
-    """One ONNX Runtime session over ``model.onnx`` with outputs ``logits, feat0, feat1, ...``."""
+    """One ONNX Runtime session over ``model.onnx`` with outputs ``logits, feat0, feat1, ...`` and, in
+    versions with the issue-8 defence, ``std0, std1, ...`` (per-channel spatial std of each block)."""
 
     def __init__(self, model_path: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0):  # fmt: skip
@@ -63,7 +66,8 @@ class OnnxDiscriminator:
         shape = inputs[0].shape
         self.input_size = int(shape[-1]) if isinstance(shape[-1], int) else None
         self.output_names = outputs
-        self.feature_names = outputs[1:]
+        self.feature_names = [o for o in outputs[1:] if o.startswith("feat")]
+        self.std_names = [o for o in outputs[1:] if o.startswith("std")]
         self.provider = self.session.get_providers()[0]
         get_logger().info("onnx session ready", model=str(model_path), provider=self.provider)
 
@@ -73,5 +77,7 @@ class OnnxDiscriminator:
 
     def run_float(self, x: np.ndarray) -> Inference:
         """x: float32 [N, 3, S, S] in [0, 1]."""
-        outs = self.session.run(self.output_names, {self.input_name: x})
-        return Inference(logits=np.asarray(outs[0], np.float32).reshape(-1), features=[np.asarray(o) for o in outs[1:]])
+        outs = dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
+        return Inference(logits=np.asarray(outs["logits"], np.float32).reshape(-1),
+                         features=[np.asarray(outs[n]) for n in self.feature_names],
+                         stds=[np.asarray(outs[n]) for n in self.std_names])  # fmt: skip

@@ -42,6 +42,6 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
             flush()
     flush()
     eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
-    verdict = file_verdict(records, threshold=model.video_threshold, eof=eof)
+    verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
     return verdict

@@ -123,22 +123,25 @@ class MahalanobisScorer:
             raise ValueError(f"layers disagree on the number of examples: {sorted(n)}")
         return n.pop()
 
-    def layer_scores(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """Squared Mahalanobis distance to the nearest class mean, per layer.
+    def class_distances(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Squared Mahalanobis distance to each class mean, per layer.
 
         features: L arrays [N, D_l] (any float dtype; computed in float64).
-        Returns float64 [N, L].
+        Returns float64 [N, L, 2] (last axis: REAL, FAKE).
         """
         layers = _as_layers(features)
         n = self._check_features(layers)
-        out = np.empty((n, len(layers)), dtype=np.float64)
+        out = np.empty((n, len(layers), N_CLASSES), dtype=np.float64)
         for l, (f, means, whiten) in enumerate(zip(layers, self.means, self._whiteners)):
             # Columns: every example minus every class mean; one matrix product per layer.
             diffs = (f[None, :, :] - means[:, None, :]).reshape(-1, f.shape[1])
             whitened = whiten @ diffs.T  # L^-1 (x - mu): |.|^2 = d^2
-            d2 = np.einsum("ij,ij->j", whitened, whitened).reshape(N_CLASSES, n)
-            out[:, l] = d2.min(axis=0)
+            out[:, l, :] = np.einsum("ij,ij->j", whitened, whitened).reshape(N_CLASSES, n).T
         return out
+
+    def layer_scores(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Squared Mahalanobis distance to the nearest class mean, per layer: float64 [N, L]."""
+        return self.class_distances(features).min(axis=2)
 
     def score(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Combined anomaly score float64 [N] (higher = further from the clean training data)."""
@@ -177,9 +180,8 @@ class MahalanobisScorer:
             raise ValueError(f"threshold must be finite, got {threshold}")
         return dataclasses.replace(self, threshold=float(threshold), fpr=float(fpr))
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the scorer to ``path`` (an ``.npz``) atomically: a reader never sees half a file."""
-        path = Path(path)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The named arrays of the ``.npz`` format (also embedded, prefixed, in ``defence.npz``)."""
         arrays: dict[str, np.ndarray] = {
             "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
             "layer_names": np.array(self.layer_names, dtype=np.str_),
@@ -192,15 +194,11 @@ class MahalanobisScorer:
         for l, (means, chol) in enumerate(zip(self.means, self.cholesky)):
             arrays[f"means_{l}"] = means
             arrays[f"cholesky_{l}"] = chol
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; workers may run as another user
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        return arrays
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the scorer to ``path`` (an ``.npz``) atomically: a reader never sees half a file."""
+        save_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MahalanobisScorer:
@@ -211,7 +209,7 @@ class MahalanobisScorer:
                 raise ModelError("it is a bare array, not an .npz archive")
             with loaded as npz:
                 arrays = {k: npz[k] for k in npz.files}
-            return cls._from_arrays(arrays)
+            return cls.from_arrays(arrays)
         except ModelError as err:
             raise ModelError(f"scorer file {path} is malformed: {err}; re-export the model") from None
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
@@ -220,7 +218,8 @@ class MahalanobisScorer:
             raise ModelError(f"scorer file {path} is unreadable ({reason}); re-export the model") from None
 
     @classmethod
-    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> MahalanobisScorer:
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> MahalanobisScorer:
+        """The scorer of :meth:`to_arrays`' arrays; raises ModelError saying what is wrong."""
         def get(key: str) -> np.ndarray:
             if key not in arrays:
                 raise ModelError(f"missing array {key!r}")
@@ -268,6 +267,20 @@ class MahalanobisScorer:
             threshold=float(floats("threshold", ())),
             fpr=float(floats("fpr", ())),
         )
+
+
+def save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the ``.npz`` at ``path`` atomically (no pickles): a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; workers may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def fit_mahalanobis(

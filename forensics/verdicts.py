@@ -10,6 +10,11 @@ Live rule: the mean fake probability over a sliding window of the last ``window_
 with hysteresis: a ``deepfake`` alert when it rises above the threshold plus ``margin`` (with
 at least ``min_faces`` crops in the window), re-armed only after it falls below the threshold
 minus ``margin``. The same for the anomaly rate in the window against ``anomaly_rate``.
+
+Anomaly per track (issue 8): an adversarial perturbation is crafted frame by frame and moves every
+frame's anomaly score a little; the mean score over a face track (a file's track, or a live
+window) keeps that shift while averaging the clean scores' noise away, so it is compared with the
+defence's ``track_threshold``, calibrated on clean validation tracks.
 """
 
 from __future__ import annotations
@@ -39,8 +44,13 @@ class CropRecord:
 
 
 def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[str, Any],
-                 min_track_faces: int = 3) -> dict[str, Any]:  # fmt: skip
-    """The fields of a ``verdict`` alert for a finished file."""
+                 min_track_faces: int = 3, track_anomaly_threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The fields of a ``verdict`` alert for a finished file.
+
+    With ``track_anomaly_threshold`` (the model's ``defence.npz``), every track of at least
+    ``min_track_faces`` crops whose mean anomaly score is over it is ``anomalous`` (suspected
+    adversarial or out-of-distribution), and ``anomalous_tracks`` counts them.
+    """
     recs = list(records)
     frames = {r.frame for r in recs}
     base = {
@@ -59,14 +69,23 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
     score = sum(r.prob for r in recs) / len(recs)
     tracks: dict[str, dict[str, Any]] = {}
     for r in recs:
-        t = tracks.setdefault(str(r.track), {"faces": 0, "sum": 0.0, "anomalous": 0})
+        t = tracks.setdefault(str(r.track), {"faces": 0, "sum": 0.0, "anomalous": 0, "anomaly": 0.0})
         t["faces"] += 1
         t["sum"] += r.prob
+        t["anomaly"] += r.anomaly
         t["anomalous"] += int(r.anomalous)
     track_out = {
-        k: {"faces": v["faces"], "score": v["sum"] / v["faces"], "anomaly_rate": v["anomalous"] / v["faces"]}
+        k: {
+            "faces": v["faces"],
+            "score": v["sum"] / v["faces"],
+            "anomaly_rate": v["anomalous"] / v["faces"],
+            "anomaly_mean": v["anomaly"] / v["faces"],
+        }
         for k, v in tracks.items()
     }
+    if track_anomaly_threshold is not None:
+        for t in track_out.values():
+            t["anomalous"] = t["faces"] >= min_track_faces and t["anomaly_mean"] > track_anomaly_threshold
     fake_track = any(t["faces"] >= min_track_faces and t["score"] > threshold for t in track_out.values())
     worst = max(recs, key=lambda r: r.prob)
     return {
@@ -74,6 +93,7 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
         "label": "FAKE" if (score > threshold or fake_track) else "REAL",
         "score": score,
         "anomaly_rate": sum(r.anomalous for r in recs) / len(recs),
+        "anomalous_tracks": sum(bool(t.get("anomalous")) for t in track_out.values()),
         "tracks": track_out,
         "evidence": {"frame": worst.frame, "pts": worst.pts, "box": worst.box, "fake_prob": worst.prob,
                      "mahalanobis": worst.anomaly, "track": worst.track},  # fmt: skip
@@ -90,18 +110,26 @@ class WindowDecision:
 
 
 def window_decision(probs: list[float], flags: list[bool], state: dict[str, str], *, threshold: float,
-                    margin: float, min_faces: int, anomaly_rate: float) -> WindowDecision:  # fmt: skip
-    """Hysteresis over a live source's window. ``state`` holds "deepfake"/"anomaly": "on"|"off"."""
+                    margin: float, min_faces: int, anomaly_rate: float, scores: list[float] | None = None,
+                    track_threshold: float | None = None) -> WindowDecision:  # fmt: skip
+    """Hysteresis over a live source's window. ``state`` holds "deepfake"/"anomaly": "on"|"off".
+
+    The window is anomalous when its rate of anomalous crops is over ``anomaly_rate`` or, with a
+    ``track_threshold`` (the defence's track rule), when the mean anomaly score of its crops
+    (``scores``) is over it; it re-arms when both have fallen back (rate under half, mean under).
+    """
     n = len(probs)
     mean = sum(probs) / n if n else 0.0
     rate = sum(flags) / n if n else 0.0
+    mean_score = sum(scores) / len(scores) if scores else float("-inf")
+    track_hot = track_threshold is not None and mean_score > track_threshold
     deepfake = anomaly = None
     if state.get("deepfake") != "on" and n >= min_faces and mean > threshold + margin:
         deepfake = "on"
     elif state.get("deepfake") == "on" and mean < threshold - margin:
         deepfake = "off"
-    if state.get("anomaly") != "on" and n >= min_faces and rate > anomaly_rate:
+    if state.get("anomaly") != "on" and n >= min_faces and (rate > anomaly_rate or track_hot):
         anomaly = "on"
-    elif state.get("anomaly") == "on" and rate < anomaly_rate / 2:
+    elif state.get("anomaly") == "on" and rate < anomaly_rate / 2 and not track_hot:
         anomaly = "off"
     return WindowDecision(deepfake, anomaly, mean, rate, n)

@@ -97,7 +97,7 @@ def test_dropped_files_get_exactly_one_verdict_each_with_mostly_right_labels(r, 
     # The evidence crop of every verdict is kept, as a 64x64 PNG.
     import cv2
 
-    from workers.detect import evidence_field, evidence_key
+    from forensics.alerts import evidence_field, evidence_key
 
     for v in verdicts:
         png = r.hget(evidence_key(Keys(dsettings.redis.prefix), v["source"]),
@@ -309,3 +309,39 @@ def test_metrics_and_health_endpoints_report_the_worker(r, dsettings):
         assert health["ok"] and health["model"] == "v0001" and health["alerts"] == 1
     finally:
         server.shutdown()
+
+
+def test_explain_writes_a_saliency_figure_for_an_alert_from_its_evidence_crop(r, dsettings, samples, tmp_path,
+                                                                               monkeypatch, capsys):  # fmt: skip
+    from forensics.alerts import evidence_key
+    from forensics.cli import main
+
+    fake = next(p for p, label in samples.items() if label == "FAKE")
+    watch = Path(dsettings.ingest.watch_dir)
+    watch.mkdir(parents=True)
+    shutil.copy(fake, watch / "f.mp4")
+    FileIngest(dsettings, r).process(watch / "f.mp4")
+    worker = DetectWorker(dsettings, r, consumer="w1")
+    worker.load_initial()
+    while worker.step_new():
+        pass
+    (v,) = _verdicts(r, dsettings.redis.prefix)
+    for name, value in (("REDIS__URL", dsettings.redis.url), ("REDIS__PREFIX", dsettings.redis.prefix),
+                        ("MODELS_DIR", str(dsettings.models_dir)), ("LOG_FORMAT", "json")):  # fmt: skip
+        monkeypatch.setenv(f"FORENSICS_{name}", value)
+    out = tmp_path / "why.png"
+    capsys.readouterr()  # drop the workers' log lines
+    assert main(["explain", v["alert_id"], "--out", str(out)]) == 0
+    ex = json.loads(capsys.readouterr().out)
+    assert out.stat().st_size > 5000 and ex["model"] == v["model"]["version"] == "v0001"
+    # The torch model scores the same (losslessly kept) crop as the ONNX model in the worker did.
+    assert abs(ex["fake_prob_torch"] - v["evidence"]["fake_prob"]) < 1e-4
+    for regions in (ex["regions_input_gradient"], ex["regions_grad_cam"]):
+        assert abs(sum(regions.values()) - 1) < 1e-6 and set(regions) == {"background", "upper_face", "lower_face"}
+    # Unknown alert, expired crop: one line each, exit 2.
+    assert main(["explain", "no-such-alert"]) == 2
+    assert "no alert 'no-such-alert'" in capsys.readouterr().err
+    r.delete(evidence_key(Keys(dsettings.redis.prefix), v["source"]))
+    assert main(["explain", v["alert_id"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has expired" in err and "\n" not in err

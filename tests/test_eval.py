@@ -169,3 +169,42 @@ def test_cli_eval_prints_a_summary(trained, tmp_path, capsys):
     assert (tmp_path / "ev" / "report.html").exists()
     # The version's manifest and files are untouched.
     Registry(trained["models_dir"]).load(trained["version"])
+
+
+def test_generator_fidelity_covers_1000_samples_clean_and_adversarial(result):
+    g = result["ssim_generator"]
+    assert g["samples"] == 1000 and g["real_crops"] > 0
+    for name in ("clean", "adversarial"):
+        s = g[name]
+        assert -1 <= s["ssim_p10"] <= s["ssim_median"] <= s["ssim_p90"] <= 1
+    # PGD on the latents makes the discriminator call more samples real, never fewer.
+    assert g["adversarial"]["called_real"] >= g["clean"]["called_real"]
+    # Bigger perturbations are more visible.
+    ps = result["perturbation_ssim"]
+    assert 1 > ps["pgd@4/255"]["ssim_mean"] > ps["pgd@8/255"]["ssim_mean"] > 0
+
+
+def test_nearest_real_crop_matches_brute_force():
+    from trainer.fidelity import nearest, ssim_pairs
+
+    rng = np.random.default_rng(3)
+    q, refs = rng.random((37, 3, 8, 8)), rng.random((300, 3, 8, 8))
+    brute = ((q[:, None] - refs[None]) ** 2).reshape(37, 300, -1).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest(q, refs, chunk=10), brute)
+    assert np.allclose(ssim_pairs(refs[:3], refs[:3]), 1.0)
+
+
+def test_grad_cam_and_input_gradients_are_nonzero_maps_over_the_crop(parts):
+    from trainer.saliency import explain_crop, grad_cam
+
+    imgs = parts["test"].images
+    with torch.no_grad():
+        logits = parts["model"](torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)[0]
+    crop = imgs[int(torch.argmax(logits))]  # the crop the model finds most fake
+    ex = explain_crop(parts["model"], crop)
+    size = crop.shape[0]
+    assert ex["input_gradient"].shape == ex["grad_cam"].shape == (size, size)
+    assert ex["input_gradient"].max() > 0 and ex["grad_cam"].max() == pytest.approx(1.0)
+    x = torch.from_numpy(parts["test"].images[:4]).permute(0, 3, 1, 2).float() / 255
+    cam = grad_cam(parts["model"], x)
+    assert cam.shape == (4, size, size) and cam.min() >= 0 and cam.max() <= 1 + 1e-6

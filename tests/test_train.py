@@ -21,8 +21,9 @@ def test_training_registers_a_verified_promoted_artifact(trained):
     art = reg.load()
     assert art.version == trained["version"] and trained["promoted"]
     m = art.manifest
-    assert m["input_size"] == 64 and m["outputs"] == ["logits", "feat0", "feat1", "feat2", "feat3"]
-    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "discriminator.pt", "report/metrics.json",
+    assert m["input_size"] == 64 and m["outputs"] == ["logits", "feat0", "feat1", "feat2", "feat3",
+                                                      "std0", "std1", "std2", "std3"]  # fmt: skip
+    assert set(m["files"]) >= {"model.onnx", "scorer.npz", "defence.npz", "discriminator.pt", "report/metrics.json",
                                "report/eval/report.html", "report/eval/metrics.json"}  # fmt: skip
     html = (art.path / "report" / "eval" / "report.html").read_text()
     assert html.count("<img") >= 6

@@ -45,7 +45,8 @@ from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
 from trainer.data import CropCache, CropConfig, CropSet, as_float_tensor, read_dataset, split_by_group
-from trainer.models import load_discriminator
+from trainer.fidelity import generator_fidelity, ssim_pairs
+from trainer.models import load_discriminator, load_generator
 from trainer.ood import ood_sets
 from trainer.train import EPS_REPORT, log_loss, roc_auc, video_scores
 
@@ -244,8 +245,16 @@ def _detection(
 def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScorer, thresholds: dict,
                    test: CropSet, *, seed: int = 0, max_fakes: int = 200, quick: bool = False,
                    blackbox_images: int | None = None, blackbox_queries: int | None = None,
-                   ood_n: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Everything of :func:`evaluate` on given objects. ``query`` maps float32 NCHW to logits [N]."""
+                   ood_n: int | None = None, generator: nn.Module | None = None,
+                   generator_samples: int = 1000, defences: dict | None = None,
+                   shipped_defence: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything of :func:`evaluate` on given objects. ``query`` maps float32 NCHW to logits [N].
+
+    ``generator`` (the version's DCGAN generator, optional): ``generator_samples`` samples are
+    compared by SSIM with their nearest REAL test crops, from clean and adversarial latents.
+    ``defences`` (name -> forensics.defence.Defence, optional) with ``shipped_defence`` one of its
+    names: the second line of defence's methods table and adaptive attacks (``result["defence"]``).
+    """
     log = get_logger()
     t_start = time.monotonic()
     gen = lambda: torch.Generator().manual_seed(seed)
@@ -387,13 +396,32 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         "ood": ood,
         "quick": quick,
         "seed": seed,
-        "ssim_generator": "skipped: the registry does not store generator weights",
+        "perturbation_ssim": {
+            k: {"ssim_mean": float(v.mean()), "ssim_min": float(v.min())}
+            for k, v in ((k, ssim_pairs(xf.numpy(), adv_store[k][0].numpy())) for k in ("pgd@4/255", "pgd@8/255")
+                         if k in adv_store and n)
+        },
     }
+    if generator is not None:
+        fid = generator_fidelity(generator, model, test.images[test.labels == 0], logit_thr=z_thr,
+                                 n=generator_samples, seed=seed)  # fmt: skip
+        result["ssim_generator"] = {k: v for k, v in fid.items() if not k.startswith("_")}
+    else:
+        result["ssim_generator"] = "skipped: this version has no generator weights (generator.pt)"
+        fid = {}
+    if defences:  # issue 8: trainer.defence.evaluate_defence
+        from trainer.defence import evaluate_defence
+
+        result["defence"] = evaluate_defence(model, scorer, defences, test, thresholds, shipped=shipped_defence, query=query,
+                                             seed=seed, adaptive_frames=32 if quick else max_fakes,
+                                             adaptive_steps=10 if quick else 20, ood_n=on)  # fmt: skip
     result["sanity"] = sanity_checks(result)
     result["timings"] = {"eval_s": time.monotonic() - t_start}
     result["_figures"] = _figure_data(
         model, lm, x, y, probs, clean_scores, detected, adv_store, ood_scores, attack_rows
     )
+    if fid:
+        result["_figures"]["generator_ssim"] = {"ssim": fid["_ssim"], "examples": fid["_examples"]}
     return result
 
 
@@ -424,6 +452,12 @@ def _figure_data(
         xs = x[detected[:k]].clone().requires_grad_(True)
         (g,) = torch.autograd.grad(lm(xs).sum(), xs)
         figs["saliency"] = {"images": x[detected[:k]].numpy(), "grad": g.abs().amax(dim=1).numpy()}
+        if isinstance(getattr(model, "blocks", None), nn.ModuleList):  # a Discriminator: Grad-CAM too
+            from trainer.saliency import grad_cam, region_shares
+
+            cam = grad_cam(model, x[detected[:k]])
+            figs["saliency"]["cam"] = cam
+            figs["saliency"]["regions"] = [region_shares(c) for c in cam]
     return figs
 
 
@@ -539,6 +573,13 @@ def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max
     if quick:
         max_fakes = min(max_fakes, 48)
     model = load_discriminator(art.path / "discriminator.pt")
+    if (art.path / "generator.pt").exists():
+        kwargs.setdefault("generator", load_generator(art.path / "generator.pt"))
+    if "defence.npz" in art.manifest["files"]:
+        from forensics.defence import Defence
+
+        kwargs.setdefault("defences", {"shipped (defence.npz)": Defence.load(art.path / "defence.npz")})
+        kwargs.setdefault("shipped_defence", "shipped (defence.npz)")
     onnx = OnnxDiscriminator(art.model_path, intra_op_threads=1)
     scorer = MahalanobisScorer.load(art.scorer_path)
     result = run_evaluation(model, lambda xs: onnx.run_float(xs).logits, scorer, art.manifest["thresholds"], test,
@@ -575,5 +616,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "anomaly_detection_rate": {k: v["detection_rate"] for k, v in rows.items()},
         "ood_detection_rate": {k: v["detection_rate"] for k, v in result["ood"].items()},
         "sanity_failed": [c["name"] for c in result["sanity"] if not c["passed"]],
+        "generator_ssim": {k: v for k, v in result["ssim_generator"].items() if k in ("clean", "adversarial")}
+        if isinstance(result.get("ssim_generator"), dict) else result.get("ssim_generator"),
+        "perturbation_ssim": result.get("perturbation_ssim"),
         "report": result.get("report"),
     }

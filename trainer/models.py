@@ -146,6 +146,37 @@ class Discriminator(nn.Module):
         return self.forward(x)[0]
 
 
+class WithChannelStats(nn.Module):
+    """A :class:`Discriminator` that also returns per-channel spatial standard deviations per block.
+
+    forward: x float32 [N,3,S,S] in [0,1] -> (logits [N], (feat_i [N,C_i], ...), (std_i [N,C_i], ...)),
+    ``feat_i`` exactly the discriminator's pooled features, ``std_i`` the spatial standard
+    deviation of block i's output (population, +1e-6 inside the root so gradients stay finite).
+    The anomaly detector reads both: pooled means alone lose what a per-pixel perturbation does
+    to a feature map's spread. ONNX output names: ``logits, feat0.., std0..``.
+    """
+
+    def __init__(self, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def output_names(self) -> list[str]:
+        d = self.discriminator
+        return [*d.output_names(), *(f"std{i}" for i in range(len(d.blocks)))]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        d = self.discriminator
+        h = (x - 0.5) / 0.5
+        means, stds = [], []
+        for block in d.blocks:
+            h = block(h) * d.layer_gain
+            mu = h.mean(dim=(2, 3))
+            means.append(mu)
+            stds.append(torch.sqrt(torch.clamp((h * h).mean(dim=(2, 3)) - mu * mu, min=0) + 1e-6))
+        logits = d.head(h).flatten() * d.layer_gain
+        return logits, tuple(means), tuple(stds)
+
+
 class LogitsOnly(nn.Module):
     """Wraps a :class:`Discriminator` so calling it returns logits float32 [N] only (for attacks)."""
 
@@ -224,3 +255,14 @@ def load_discriminator(path, map_location: str = "cpu") -> Discriminator:
     d = Discriminator(int(state["image_size"]), layer_gain=float(state.get("layer_gain", 2.0)))
     d.load_state_dict(state["state_dict"])
     return d.eval()
+
+
+def load_generator(path, map_location: str = "cpu") -> Generator:
+    """The generator saved beside a registered version (``generator.pt``), in eval mode.
+
+    Loaded with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
+    """
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    g = Generator(int(state["image_size"]), latent_dim=int(state["latent_dim"]))
+    g.load_state_dict(state["state_dict"])
+    return g.eval()

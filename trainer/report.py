@@ -18,7 +18,7 @@ import numpy as np
 
 from trainer.train import _jsonable
 
-FIGURES = ("robustness", "roc", "mahalanobis", "epochs", "samples", "saliency")
+FIGURES = ("robustness", "roc", "mahalanobis", "epochs", "samples", "saliency", "generator_ssim", "generator_samples")
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -157,10 +157,15 @@ def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str
     # 6. saliency
     sal = figs.get("saliency")
     k = len(sal["images"]) if sal else 0
-    fig, axes = plt.subplots(2, max(1, k), figsize=(1.8 * max(1, k), 4.0), squeeze=False)
+    has_cam = bool(sal and "cam" in sal)
+    fig, axes = plt.subplots(3 if has_cam else 2, max(1, k), figsize=(1.8 * max(1, k), 6.0 if has_cam else 4.0),
+                             squeeze=False)  # fmt: skip
     for i in range(k):
         axes[0, i].imshow(_img(sal["images"][i]))
         axes[1, i].imshow(sal["grad"][i], cmap="inferno")
+        if has_cam:
+            axes[2, i].imshow(_img(sal["images"][i]))
+            axes[2, i].imshow(sal["cam"][i], cmap="jet", alpha=0.45)
     for a in axes.flat:
         a.axis("off")
     if k:
@@ -172,10 +177,64 @@ def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str
             f"Input-gradient magnitude of the logit for {k} fakes (brighter = pixels the decision is most sensitive to); "
             f"the top 10% of pixels carry {_fmt(float(top.mean()))} of the gradient on average."
         )
+        if has_cam:
+            reg = {r: float(np.mean([x[r] for x in sal["regions"]])) for r in sal["regions"][0]}
+            text += (
+                f" Bottom row: Grad-CAM (which regions raised the fake score), on average "
+                f"{_fmt(reg['upper_face'])} on the upper face (eyes, brows), {_fmt(reg['lower_face'])} on the lower "
+                f"face (nose, mouth) and {_fmt(reg['background'])} outside the face box. "
+                f"`forensics explain ALERT_ID` draws the same maps for an alert's evidence crop."
+            )
     else:
         text = "No fakes to show saliency for."
     save(fig, "saliency", text)
+
+    # 7-8. generator fidelity (SSIM against the nearest real crop), clean and adversarial latents
+    _generator_figures(result, figs.get("generator_ssim"), plt, save)
     return captions
+
+
+def _generator_figures(result: dict[str, Any], gs: dict[str, Any] | None, plt, save) -> None:
+    info = result.get("ssim_generator")
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharex=True, sharey=True)
+    if gs and isinstance(info, dict):
+        lo = min(float(v.min()) for v in gs["ssim"].values())
+        hi = max(float(v.max()) for v in gs["ssim"].values())
+        bins = np.linspace(lo - 0.01, hi + 0.01, 40)
+        for ax, name in zip(axes, ("clean", "adversarial")):
+            ax.hist(gs["ssim"][name], bins=bins, color="tab:blue" if name == "clean" else "tab:red")
+            ax.axvline(info[name]["ssim_median"], color="k", ls="--", lw=1)
+            ax.set_title(f"{name} latents (n={len(gs['ssim'][name])})", fontsize=9)
+            ax.set_xlabel("SSIM to nearest real crop")
+        axes[0].set_ylabel("generator samples")
+        c, a = info["clean"], info["adversarial"]
+        text = (
+            f"Fidelity of {info['samples']} generator samples: SSIM of each against its nearest real test crop "
+            f"(of {info['real_crops']}). Left, latents drawn at random: median {c['ssim_median']:.3f} "
+            f"(10th-90th percentile {c['ssim_p10']:.3f}-{c['ssim_p90']:.3f}), {_fmt(c['called_real'])} called real by "
+            f"the discriminator. Right, the same latents moved by PGD (L-inf {info['eps_z']} in latent space) to make "
+            f"the discriminator call the samples real: median {a['ssim_median']:.3f} "
+            f"({a['ssim_p10']:.3f}-{a['ssim_p90']:.3f}), {_fmt(a['called_real'])} called real. Dashed: medians."
+        )
+    else:
+        text = f"Generator fidelity not computed: {info or 'no generator weights'}."
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    save(fig, "generator_ssim", text)
+
+    ex = gs.get("examples") if gs else None
+    fig, axes = plt.subplots(4, 6, figsize=(9, 6.4), squeeze=False)
+    for r, (name, row) in enumerate((("clean", 0), ("clean", 1), ("adversarial", 0), ("adversarial", 1))):
+        for i in range(6):
+            if ex is not None and i < ex[name].shape[1]:
+                axes[r, i].imshow(_img(ex[name][row, i]))
+            axes[r, i].axis("off")
+        axes[r, 0].set_title(f"{name}: {'sample' if row == 0 else 'nearest real'}", fontsize=8, loc="left")
+    text = (
+        "Rows 1-2: generator samples from random latents and their nearest real crops; rows 3-4: the same for "
+        "adversarial latents." if ex is not None else "No generator samples."
+    )
+    save(fig, "generator_samples", text)
 
 
 def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
@@ -221,9 +280,40 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
         b64 = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h2>{name}</h2><img alt='{name}' src='data:image/png;base64,{b64}' style='max-width:100%'>"
                      f"<p>{e(captions[name])}</p>")  # fmt: skip
-    parts.append(
-        f"<p>Generator SSIM: {e(str(result.get('ssim_generator', 'not computed')))}.</p></body></html>"
-    )
+    ps = result.get("perturbation_ssim") or {}
+    if ps:
+        parts.append("<p>How visible the attacks are (SSIM of adversarial crops to their originals, 1 = identical): "
+                     + "; ".join(f"{e(k)} mean {v['ssim_mean']:.3f}, min {v['ssim_min']:.3f}" for k, v in ps.items())
+                     + ".</p>")  # fmt: skip
+    parts += _defence_section(result.get("defence"))
+    parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))
     return path
+
+
+def _defence_section(d: dict[str, Any] | None) -> list[str]:
+    """HTML of the second line of defence (issue 8): the methods table and the adaptive attacks."""
+    if not d:
+        return []
+    e = html.escape
+    head = (f"<h2>Second line of defence (PGD-10 at {d['eps'] * 255:.0f}/255, {d['fooling_examples']} fooling crops, "
+            f"{d['fooled_tracks']} fooled tracks)</h2><table><tr><th>method</th><th>AUROC</th><th>detected @ val 5% FPR</th>"
+            "<th>clean FPR</th><th>track AUROC</th><th>track detected</th><th>track clean FPR</th><th>OOD</th>"
+            "<th>extra passes</th><th>extra ms/face</th></tr>")  # fmt: skip
+    parts = [head]
+    for name, m in d["methods"].items():
+        label = f"<b>{e(name)} (shipped)</b>" if m["shipped"] else e(name)
+        parts.append(f"<tr><td>{label}</td><td>{_fmt(m['auroc'], False)}</td><td>{_fmt(m['detection_rate'])}</td>"
+                     f"<td>{_fmt(m['clean_fpr'])}</td><td>{_fmt(m['track_auroc'], False)}</td>"
+                     f"<td>{_fmt(m['track_detection_rate'])}</td><td>{_fmt(m['track_clean_fpr'])}</td>"
+                     f"<td>{_fmt(m['ood_all'])}</td><td>{m['extra_passes']}</td><td>{_fmt(m['extra_ms_per_face'], False)}</td></tr>")  # fmt: skip
+    parts.append("</table>")
+    rows = [(k, d[k]) for k in ("adaptive_frame", "adaptive_track") if k in d]
+    if rows:
+        parts.append("<p>Adaptive attack on the shipped detector (knows it; BPDA through the squeezers; the track "
+                     "attack perturbs whole clips against the track-mean rule): "
+                     + "; ".join(f"{e(k)}: {r['attacked']} attacked, fooled {_fmt(r['fooled'])}, detected {_fmt(r['detected'])}, "
+                                 f"<b>combined success {_fmt(r['combined_success'])}</b>" for k, r in rows) + ".</p>")  # fmt: skip
+    return parts
+

@@ -46,9 +46,12 @@ from trainer.data import (
     torch_dataset,
     training_transform,
 )
+from trainer.defence import SHIPPED as SHIPPED_DEFENCE
+from trainer.defence import fit_defences
 from trainer.models import (
     Discriminator,
     LogitsOnly,
+    WithChannelStats,
     build_discriminator,
     build_generator,
     warm_up_spectral_norm,
@@ -488,6 +491,9 @@ class Trainer:
         scorer = scorer.with_layer_weights(weights, bias)
         anomaly_thr = calibrate_threshold(scorer.score(feats_val), fpr=cfg.anomaly_fpr)
         scorer = scorer.with_threshold(anomaly_thr, fpr=cfg.anomaly_fpr)
+        # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
+        self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
+        self.defence = self.defences[SHIPPED_DEFENCE]
 
         # Held-out test split: both models, same data.
         test = self.crops["test"]
@@ -514,7 +520,8 @@ class Trainer:
                                     "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
 
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
-                      "anomaly_fpr": cfg.anomaly_fpr}  # fmt: skip
+                      "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": self.defence.threshold,
+                      "defence_track": self.defence.track_threshold}  # fmt: skip
         self.timings["finish_s"] = time.monotonic() - t0
         return self.register(D, scorer, metrics, thresholds)
 
@@ -561,9 +568,14 @@ class Trainer:
         sample = self.val_x[: min(64, len(self.val_x))]
         parity = export_onnx(D, vdir / "model.onnx", sample)
         scorer.save(vdir / "scorer.npz")
+        if getattr(self, "defence", None) is not None:
+            self.defence.save(vdir / "defence.npz")
         # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
         torch.save({"state_dict": D.state_dict(), "image_size": cfg.image_size, "layer_gain": D.layer_gain},
                    vdir / "discriminator.pt")  # fmt: skip
+        # The generator, for the report's sample-fidelity (SSIM) figures.
+        torch.save({"state_dict": self.G.state_dict(), "image_size": cfg.image_size, "latent_dim": self.G.latent_dim},
+                   vdir / "generator.pt")  # fmt: skip
         (vdir / "report").mkdir(exist_ok=True)
         report = {
             "version": version,
@@ -595,7 +607,7 @@ class Trainer:
                     "normalization": "inside the model: (x - 0.5) / 0.5",
                     "crop": {"detector": "haar", "margin": 1 / 3, "square": True},
                 },
-                "outputs": D.output_names(),
+                "outputs": WithChannelStats(D).output_names(),
                 "feature_dims": list(D.feature_dims),
                 "data_fingerprint": self.fingerprint,
                 "metrics": _jsonable({
@@ -608,6 +620,7 @@ class Trainer:
                 "parent": cfg.parent if cfg.parent is not None else reg.current(),
                 "onnx": {"external_data": False, "opset": parity.get("opset")},
                 "torch_weights": "discriminator.pt",
+                "generator_weights": "generator.pt",
             },
         )
         promoted = False
@@ -629,7 +642,8 @@ class Trainer:
         t0 = time.monotonic()
         onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
         result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, self.crops["test"],
-                                seed=self.cfg.seed, quick=True)  # fmt: skip
+                                seed=self.cfg.seed, quick=True, generator=self.G.eval(),
+                                defences=getattr(self, "defences", None), shipped_defence=SHIPPED_DEFENCE)  # fmt: skip
         result["version"] = version
         write_report(result, self.history, vdir / "report" / "eval")
         self.timings["eval_s"] = time.monotonic() - t0

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import redis
 
-from forensics.alerts import AlertWriter, make_alert
+from forensics.alerts import AlertWriter, evidence_field, evidence_key, make_alert
 from forensics.config import Settings
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
@@ -285,17 +285,20 @@ class DetectWorker:
         records = [
             CropRecord.from_json(v) for k, raw in sorted(fields.items()) if k.startswith(b"b:") for v in json.loads(raw)
         ]
-        verdict = file_verdict(records, threshold=self.model.video_threshold, eof=eof)
+        verdict = file_verdict(records, threshold=self.model.video_threshold, eof=eof,
+                               track_anomaly_threshold=self.model.track_threshold)  # fmt: skip
         alert = make_alert("verdict", source, f"{source}:verdict", model=self.model.info, **verdict)
         if self.alerts.emit(alert):
             self._count_alert("verdict")
             self.log.info("verdict", source=source, file=verdict["file"], label=verdict["label"],
                           score=verdict["score"], faces=verdict["faces_scored"])  # fmt: skip
         rate = verdict.get("anomaly_rate")
-        if rate is not None and rate > self.cfg.anomaly_rate:
+        # Per-crop rate, or (defence.npz) a face track whose mean anomaly score is over the track threshold.
+        if rate is not None and (rate > self.cfg.anomaly_rate or verdict.get("anomalous_tracks")):
             worst = max(records, key=lambda r: r.anomaly)
             alert = make_alert("anomaly", source, f"{source}:anomaly:file", model=self.model.info,
                                file=verdict["file"], anomaly_rate=rate, rate_threshold=self.cfg.anomaly_rate,
+                               anomalous_tracks=verdict["anomalous_tracks"], track_threshold=self.model.track_threshold,
                                evidence=_evidence(worst, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("anomaly")
@@ -309,20 +312,23 @@ class DetectWorker:
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
         # Members are unique per (seq, crop): a redelivered batch rewrites the same members.
-        pipe.zadd(win_key, {f"{b.seq}:{i}:{r.prob:.6f}:{int(r.anomalous)}": b.wall[i] for i, r in enumerate(records)})
+        pipe.zadd(win_key, {f"{b.seq}:{i}:{r.prob:.6f}:{int(r.anomalous)}:{r.anomaly:.5g}": b.wall[i]
+                            for i, r in enumerate(records)})  # fmt: skip
         pipe.zremrangebyscore(win_key, "-inf", now - self.cfg.window_s)
         pipe.zrange(win_key, 0, -1)
         pipe.expire(win_key, int(self.cfg.window_s * 10) + 60)
         pipe.hgetall(state_key)
         _, _, members, _, state_raw = pipe.execute()
-        probs, flags = [], []
+        probs, flags, scores = [], [], []
         for m in members:
-            _seq, _i, p, a = m.decode().split(":")
+            _seq, _i, p, a, *score = m.decode().split(":")  # members written before issue 8 lack the score
             probs.append(float(p))
             flags.append(a == "1")
+            scores.extend(float(v) for v in score)
         state = {k.decode(): v.decode() for k, v in state_raw.items()}
         d = window_decision(probs, flags, state, threshold=self.model.video_threshold, margin=self.cfg.hysteresis,
-                            min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate)  # fmt: skip
+                            min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate,
+                            scores=scores, track_threshold=self.model.track_threshold)  # fmt: skip
         worst = max(records, key=lambda r: r.prob)
         if d.deepfake == "on":
             alert = make_alert("deepfake", b.source, f"{b.source}:deepfake:{b.seq}", model=self.model.info,
@@ -350,17 +356,9 @@ class DetectWorker:
         return backlog(self.r, self.keys.frames)
 
 
-def evidence_key(keys: Keys, source: str) -> str:
-    return f"{keys.prefix}:crops:{source}"
-
-
-def evidence_field(frame: int, track: int | None) -> str:
-    return f"{frame}:{track}"
-
-
 def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:
     return {
         "frame": r.frame, "pts": r.pts, "box": r.box, "track": r.track, "fake_prob": r.prob,
-        "mahalanobis": r.anomaly, "mahalanobis_threshold": model.scorer.threshold,
+        "mahalanobis": r.anomaly, "mahalanobis_threshold": model.anomaly_threshold,
         "anomalous": r.anomalous,
     }  # fmt: skip
