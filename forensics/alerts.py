@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+import cv2
+import numpy as np
 import redis
 
 from forensics.errors import ForensicsError
@@ -128,6 +130,18 @@ def evidence_key(keys: Keys, source: str) -> str:
 
 def evidence_field(frame: int, track: int | None) -> str:
     return f"{frame}:{track}"
+
+
+def encode_crop_png(rgb: np.ndarray) -> bytes | None:
+    """uint8 [S,S,3] RGB crop -> lossless PNG bytes (None if OpenCV cannot encode it)."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return png.tobytes() if ok else None
+
+
+def decode_crop_png(png: bytes) -> np.ndarray | None:
+    """PNG bytes of :func:`encode_crop_png` -> uint8 [S,S,3] RGB (None if they do not decode)."""
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def evidence_png(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> bytes:

@@ -291,10 +291,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     """Saliency figure for one alert: its evidence crop from Redis, the alert's model version."""
-    import cv2
-    import numpy as np
-
-    from forensics.alerts import evidence_png, find_alert
+    from forensics.alerts import decode_crop_png, evidence_png, find_alert
     from forensics.redisconn import redis_for
     from forensics.registry import Registry
     from forensics.streams import Keys
@@ -308,10 +305,9 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as (r, _url):
         alert = find_alert(r, keys, args.alert_id)
         png = evidence_png(r, keys, alert)
-    crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    crop = decode_crop_png(png)
     if crop is None:
         raise ConfigError(f"the evidence crop of alert {args.alert_id!r} is not a readable PNG")
-    crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
     model_info = alert.get("model") or {}
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
     art = reg.load(model_info.get("version"))  # verifies every file's sha256

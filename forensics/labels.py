@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import redis
 
-from forensics.alerts import AlertNotFound, evidence_key, evidence_png, find_alert
+from forensics.alerts import AlertNotFound, decode_crop_png, evidence_key, evidence_png, find_alert
 from forensics.errors import ForensicsError
 from forensics.streams import Keys
 
@@ -96,13 +95,13 @@ def labelled_crops(r: redis.Redis, keys: Keys, size: int) -> list[LabelledCrops]
             continue
         images, problem = [], None
         for _field, png in sorted(pngs.items()):
-            bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
+            rgb = decode_crop_png(png)
+            if rgb is None:
                 problem = "a stored crop is not a decodable PNG"
                 break
-            if bgr.shape[:2] != (size, size):
-                problem = f"crop is {bgr.shape[1]}x{bgr.shape[0]} px, the model takes {size} px"
+            if rgb.shape[:2] != (size, size):
+                problem = f"crop is {rgb.shape[1]}x{rgb.shape[0]} px, the model takes {size} px"
                 break
-            images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            images.append(rgb)
         out.append(LabelledCrops(record, None if problem else np.stack(images), problem))
     return out

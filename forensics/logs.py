@@ -51,6 +51,11 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+# Before a process calls configure_logging (library use, benchmarks, tests), structlog's default
+# would print to stdout, mixed into the JSON that commands and benchmarks print there.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()))
+
+
 def get_logger(**context: Any) -> Any:
     """A logger bound to this process's role plus ``context`` (e.g. ``source=...``)."""
     return structlog.get_logger().bind(role=_ROLE["role"], **context)

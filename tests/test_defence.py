@@ -17,8 +17,8 @@ from forensics.model import load_model
 from forensics.registry import Registry
 from forensics.verdicts import CropRecord, file_verdict, window_decision
 from trainer import attacks
-from trainer.data import as_float_tensor
-from trainer.defence import TorchDefence, crop_features, load_splits, to_uint8
+from trainer.data import as_float_tensor, load_recipe_splits
+from trainer.defence import TorchDefence, crop_features, to_uint8
 from trainer.models import LogitsOnly, WithChannelStats, load_discriminator
 
 
@@ -28,7 +28,7 @@ def shipped(trained, small_dataset, one_torch_thread):
     cfg = trained["config"]
     model = load_model(Registry(trained["models_dir"]), trained["version"], intra_op_threads=1)
     D = load_discriminator(trained["models_dir"] / trained["version"] / "discriminator.pt")
-    test = load_splits([small_dataset], asdict(cfg), cfg.cache_dir)["test"]
+    test = load_recipe_splits([small_dataset], asdict(cfg), cfg.cache_dir)["test"]
     fake = np.where(test.labels == 1)[0]
     x = as_float_tensor(test.images[fake])
     adv = to_uint8(attacks.pgd(LogitsOnly(D), x, torch.ones(len(fake)), 4 / 255, steps=10,

@@ -351,3 +351,27 @@ def as_float_tensor(images: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---- a training recipe's splits (TrainConfig as recorded in a version's report/metrics.json) ----
+
+
+def recipe_cache(cache_dir: str | Path, config: dict) -> CropCache:
+    """The crop cache a recipe trained from: same crop size and frames per video."""
+    return CropCache(cache_dir, CropConfig(size=int(config.get("image_size", 64)),
+                                           frames_per_video=int(config.get("frames_per_video", 16))))  # fmt: skip
+
+
+def recipe_splits(videos: Sequence[Video], config: dict) -> dict[str, list[Video]]:
+    """train/val/test as the recipe split them: same shares and seed, so held-out clips stay held out."""
+    return split_by_group(videos, val=float(config.get("val_share", 0.15)), test=float(config.get("test_share", 0.2)),
+                          seed=int(config.get("seed", 0)))  # fmt: skip
+
+
+def load_recipe_splits(data_dirs, config: dict, cache_dir: str | Path, *,
+                       which: Sequence[str] = ("train", "val", "test"), workers: int = 2) -> dict[str, CropSet]:  # fmt: skip
+    """The crops of the recipe's ``which`` splits of ``data_dirs`` (extracting any not cached yet)."""
+    splits = recipe_splits(read_dataset(data_dirs), config)
+    cache = recipe_cache(cache_dir, config)
+    cache.build([v for k in which for v in splits[k]], workers=workers, progress=False)
+    return {k: cache.load(splits[k]) for k in which}

@@ -22,7 +22,7 @@ from forensics.runtime import Inference
 from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
-from trainer.data import CropCache, CropConfig, CropSet, as_float_tensor, read_dataset, split_by_group
+from trainer.data import CropSet, as_float_tensor, load_recipe_splits
 from trainer.models import Discriminator, LogitsOnly, WithChannelStats
 from trainer.ood import scorer_fit_positives
 
@@ -201,17 +201,6 @@ def adaptive_attack(det: TorchDefence, x: torch.Tensor, clip: torch.Tensor | Non
     return xa.detach()
 
 
-def load_splits(data_dirs, config: dict, cache_dir) -> dict[str, CropSet]:
-    """train/val/test crops of a version, from its recorded split shares, seed and crop config."""
-    videos = read_dataset(data_dirs)
-    splits = split_by_group(videos, val=float(config.get("val_share", 0.15)), test=float(config.get("test_share", 0.2)),
-                            seed=int(config.get("seed", 0)))  # fmt: skip
-    cache = CropCache(cache_dir, CropConfig(size=int(config.get("image_size", 64)),
-                                            frames_per_video=int(config.get("frames_per_video", 16))))  # fmt: skip
-    cache.build([v for s in splits.values() for v in s], workers=1, progress=False)
-    return {k: cache.load(v) for k, v in splits.items()}
-
-
 def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed: int = 0) -> str:
     """Register a copy of ``version`` (trained before issue 8) with the defence: same weights, ONNX
     re-exported with the std outputs, ``defence.npz`` fitted on its train/validation splits. Returns
@@ -226,7 +215,7 @@ def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed
     reg = Registry(models_dir)
     art = reg.load(version)
     config = json.loads((art.path / "report" / "metrics.json").read_text())["config"]
-    splits = load_splits(data_dirs, config, crops_dir or config["cache_dir"])
+    splits = load_recipe_splits(data_dirs, config, crops_dir or config["cache_dir"], workers=1)
     D = load_discriminator(art.path / "discriminator.pt")
     pooled = MahalanobisScorer.load(art.scorer_path)
     new, vdir = reg.new_version()
@@ -252,10 +241,6 @@ def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed
 # ---- evaluation (trainer/evaluate.py's "defence" section) ----------------------------------------
 
 
-def _logit(p: float) -> float:
-    return float(np.log(p / (1 - p)))
-
-
 def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict[str, Defence], test: CropSet,
                      thresholds: dict, *, shipped: str, query=None, seed: int = 0, eps: float = 4 / 255,
                      adaptive_frames: int = 200, adaptive_steps: int = 20, ood_n: int = 200) -> dict:  # fmt: skip
@@ -274,7 +259,7 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
     import time
 
     from trainer.ood import ood_sets
-    from trainer.train import roc_auc
+    from trainer.train import _logit, roc_auc
 
     net = WithChannelStats(D).eval()
     z_thr, z_vthr = _logit(float(thresholds["frame_prob"])), _logit(float(thresholds["video_prob"]))

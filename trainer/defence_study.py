@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,11 @@ from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
-from trainer.data import as_float_tensor
-from trainer.defence import TorchDefence, TorchLayerMahalanobis, adaptive_attack, load_splits, to_uint8
+from trainer.data import as_float_tensor, load_recipe_splits
+from trainer.defence import TorchDefence, TorchLayerMahalanobis, adaptive_attack, to_uint8
 from trainer.models import LogitsOnly, WithChannelStats, load_discriminator
 from trainer.ood import ood_sets, scorer_fit_positives
-from trainer.train import roc_auc
+from trainer.train import _logit, roc_auc
 
 EPS = 4 / 255
 FPR = 0.05
@@ -115,7 +114,7 @@ def collect(models_dir, version: str | None, data_dirs, out: Path, *, seed: int 
     art = Registry(models_dir).load(version)
     meta = json.loads((art.path / "report" / "metrics.json").read_text())
     config = meta["config"]
-    splits = load_splits(data_dirs, config, state_cache or config["cache_dir"])
+    splits = load_recipe_splits(data_dirs, config, state_cache or config["cache_dir"])
     D = load_discriminator(art.path / "discriminator.pt")
     net = WithChannelStats(D).eval()
     scorer = MahalanobisScorer.load(art.scorer_path)
@@ -284,8 +283,7 @@ def compare(cache: Path) -> dict[str, Any]:
     """The methods table: every method fitted on validation, measured on the same test examples."""
     c = dict(np.load(cache, allow_pickle=False))
     th = json.loads(str(c["thresholds"]))
-    z_thr = math.log(th["frame_prob"] / (1 - th["frame_prob"]))
-    z_vthr = math.log(th["video_prob"] / (1 - th["video_prob"]))
+    z_thr, z_vthr = _logit(th["frame_prob"]), _logit(th["video_prob"])
     mf = method_features(c)
     feats = mf["features"]
     artifact_scorer = None  # the current scorer is refit here exactly as the trainer did (pooled, same data)
@@ -371,8 +369,7 @@ def adaptive(cache: Path, models_dir, method: str = "channel_stats+squeeze", *, 
     """Adaptive attacks (per frame, and per clip for the track rule) on ``method``; numbers from uint8 crops."""
     c = dict(np.load(cache, allow_pickle=False))
     th = json.loads(str(c["thresholds"]))
-    z_thr = math.log(th["frame_prob"] / (1 - th["frame_prob"]))
-    z_vthr = math.log(th["video_prob"] / (1 - th["video_prob"]))
+    z_thr, z_vthr = _logit(th["frame_prob"]), _logit(th["video_prob"])
     mf = method_features(c)
     methods = fit_methods(mf["features"])
     score = methods[method]

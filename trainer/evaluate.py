@@ -44,11 +44,12 @@ from forensics.logs import get_logger
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
-from trainer.data import CropCache, CropConfig, CropSet, as_float_tensor, read_dataset, split_by_group
+from trainer.data import CropSet, as_float_tensor, load_recipe_splits
+from trainer.defence import TorchLayerMahalanobis
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.models import load_discriminator, load_generator
 from trainer.ood import ood_sets
-from trainer.train import EPS_REPORT, log_loss, roc_auc, video_scores
+from trainer.train import EPS_REPORT, _logit, log_loss, roc_auc, video_scores
 
 # A model here maps float32 [N,3,S,S] in [0,1] to (logits [N], tuple of features [N, C_l]),
 # like trainer.models.Discriminator. A query function maps float32 numpy NCHW to logits [N].
@@ -61,10 +62,6 @@ UNBOUNDED_MIN = 0.95  # unbounded PGD must reach this success rate
 
 def _label(eps: float) -> str:
     return f"{round(eps * 255)}/255" if eps < 1 else "unbounded"
-
-
-def _logit(p: float) -> float:
-    return float(math.log(p / (1 - p)))
 
 
 class _Logits(nn.Module):
@@ -97,18 +94,12 @@ class TorchMahalanobis(nn.Module):
 
     def __init__(self, scorer: MahalanobisScorer):
         super().__init__()
-        self.means = [torch.from_numpy(np.asarray(m, np.float64)) for m in scorer.means]
-        self.whiten = [torch.linalg.inv(torch.from_numpy(np.asarray(c, np.float64))) for c in scorer.cholesky]
+        self.layers = TorchLayerMahalanobis(scorer)
         self.weights = torch.from_numpy(np.asarray(scorer.weights, np.float64))
         self.bias = float(scorer.bias)
 
     def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        layer = []
-        for f, means, w in zip(feats, self.means, self.whiten):
-            diffs = f.double()[:, None, :] - means[None, :, :]  # [N, 2, D]
-            z = diffs @ w.T  # L^-1 (x - mu)
-            layer.append(z.pow(2).sum(-1).min(dim=1).values)
-        return self.bias + torch.stack(layer, dim=1) @ self.weights
+        return self.bias + self.layers(feats) @ self.weights
 
 
 # ---- attacks not in trainer.attacks ----------------------------------------------------------
@@ -536,13 +527,7 @@ def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def load_test_split(data_dirs, config: dict, cache_dir: str | Path, *, workers: int = 2) -> CropSet:
     """The trainer's held-out test crops: same split shares and seed as recorded in its config."""
-    videos = read_dataset(data_dirs)
-    splits = split_by_group(videos, val=float(config.get("val_share", 0.15)), test=float(config.get("test_share", 0.2)),
-                            seed=int(config.get("seed", 0)))  # fmt: skip
-    cache = CropCache(cache_dir, CropConfig(size=int(config.get("image_size", 64)),
-                                            frames_per_video=int(config.get("frames_per_video", 16))))  # fmt: skip
-    cache.build(splits["test"], workers=workers, progress=False)
-    return cache.load(splits["test"])
+    return load_recipe_splits(data_dirs, config, cache_dir, which=("test",), workers=workers)["test"]
 
 
 def _subset(cs: CropSet, frac: float, seed: int) -> CropSet:

@@ -23,7 +23,7 @@ from typing import Any
 from forensics.registry import Artifact
 from forensics.runtime import OnnxDiscriminator
 from forensics.scoring import MahalanobisScorer
-from trainer.data import CropCache, CropConfig, CropSet, read_dataset
+from trainer.data import CropSet, read_dataset, recipe_cache
 from trainer.evaluate import load_test_split, run_evaluation
 from trainer.models import load_discriminator
 
@@ -42,8 +42,7 @@ def holdout_set(holdout_dir: Path | None, config: dict[str, Any], cache_dir: Pat
     """The gate's crops and a description {kind, roots, videos, crops, fingerprint}."""
     if holdout_dir is not None:
         videos = read_dataset([holdout_dir])
-        cache = CropCache(cache_dir, CropConfig(size=int(config["image_size"]),
-                                                frames_per_video=int(config["frames_per_video"])))  # fmt: skip
+        cache = recipe_cache(cache_dir, config)
         cache.build(videos, progress=False)
         crops, kind, roots = cache.load(videos), "holdout_dir", [str(holdout_dir)]
     else:

@@ -133,13 +133,27 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """x float32 [N,3,S,S] in [0,1] -> (logits float32 [N], (feat_i float32 [N,C_i], ...))."""
+        logits, features, _ = self.forward_with_stats(x, stds=False)
+        return logits, features
+
+    def forward_with_stats(
+        self, x: torch.Tensor, *, stds: bool = True
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """:meth:`forward` plus, with ``stds``, each block's per-channel spatial standard deviation.
+
+        Returns (logits [N], (feat_i [N,C_i], ...), (std_i [N,C_i], ...) or ()). ``std_i`` is the
+        population std of block i's output map, +1e-6 inside the root so gradients stay finite.
+        """
         h = (x - 0.5) / 0.5
-        features = []
+        means, spreads = [], []
         for block in self.blocks:
             h = block(h) * self.layer_gain
-            features.append(h.mean(dim=(2, 3)))
+            mu = h.mean(dim=(2, 3))
+            means.append(mu)
+            if stds:
+                spreads.append(torch.sqrt(torch.clamp((h * h).mean(dim=(2, 3)) - mu * mu, min=0) + 1e-6))
         logits = self.head(h).flatten() * self.layer_gain
-        return logits, tuple(features)
+        return logits, tuple(means), tuple(spreads)
 
     def logits_only(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [N,3,S,S] in [0,1] -> logits float32 [N]."""
@@ -150,10 +164,9 @@ class WithChannelStats(nn.Module):
     """A :class:`Discriminator` that also returns per-channel spatial standard deviations per block.
 
     forward: x float32 [N,3,S,S] in [0,1] -> (logits [N], (feat_i [N,C_i], ...), (std_i [N,C_i], ...)),
-    ``feat_i`` exactly the discriminator's pooled features, ``std_i`` the spatial standard
-    deviation of block i's output (population, +1e-6 inside the root so gradients stay finite).
-    The anomaly detector reads both: pooled means alone lose what a per-pixel perturbation does
-    to a feature map's spread. ONNX output names: ``logits, feat0.., std0..``.
+    i.e. :meth:`Discriminator.forward_with_stats` (the form that is exported to ONNX). The anomaly
+    detector reads both: pooled means alone lose what a per-pixel perturbation does to a feature
+    map's spread. ONNX output names: ``logits, feat0.., std0..``.
     """
 
     def __init__(self, discriminator: Discriminator) -> None:
@@ -165,16 +178,7 @@ class WithChannelStats(nn.Module):
         return [*d.output_names(), *(f"std{i}" for i in range(len(d.blocks)))]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        d = self.discriminator
-        h = (x - 0.5) / 0.5
-        means, stds = [], []
-        for block in d.blocks:
-            h = block(h) * d.layer_gain
-            mu = h.mean(dim=(2, 3))
-            means.append(mu)
-            stds.append(torch.sqrt(torch.clamp((h * h).mean(dim=(2, 3)) - mu * mu, min=0) + 1e-6))
-        logits = d.head(h).flatten() * d.layer_gain
-        return logits, tuple(means), tuple(stds)
+        return self.discriminator.forward_with_stats(x)
 
 
 class LogitsOnly(nn.Module):

@@ -27,7 +27,7 @@ def refine_key(keys: Keys) -> str:
 
 
 def anomaly_rate(model: LoadedModel, images: np.ndarray) -> float:
-    """Share of crops (uint8 [N,S,S,3]) the model's Mahalanobis detector flags; NaN for none."""
+    """Share of crops (uint8 [N,S,S,3]) the model's anomaly detector flags (LoadedModel.score); NaN for none."""
     return float(model.score(images).anomalous.mean()) if len(images) else float("nan")
 
 

@@ -44,7 +44,7 @@ from forensics.model import LoadedModel
 from forensics.registry import Artifact, Registry
 from forensics.streams import Keys
 from trainer import refine
-from trainer.data import CropCache, CropConfig, CropSet, Video, read_dataset, split_by_group
+from trainer.data import CropCache, CropSet, Video, read_dataset, recipe_cache, recipe_splits
 from trainer.gate import decide, gate_metrics, holdout_set, remember_holdout
 from trainer.poisoning import Sample, calibrate, screen
 from trainer.train import TrainConfig, Trainer
@@ -191,13 +191,11 @@ def _run(settings: Settings, r: redis.Redis, reg: Registry, keys: Keys, lock: Re
     base = [str(p) for p in rs.base_data] or list(recipe["data"])
     recipe = {**recipe, "data": base}
     cache_dir = Path(rs.cache_dir or settings.state_dir / "crops")
-    cache = CropCache(cache_dir, CropConfig(size=int(recipe["image_size"]),
-                                            frames_per_video=int(recipe["frames_per_video"])))  # fmt: skip
+    cache = recipe_cache(cache_dir, recipe)
 
     # The current model's own splits: validation calibrates the screen, test is the default holdout.
     base_videos = read_dataset(base)
-    splits = split_by_group(base_videos, val=float(recipe["val_share"]), test=float(recipe["test_share"]),
-                            seed=int(recipe["seed"]))  # fmt: skip
+    splits = recipe_splits(base_videos, recipe)
     cache.build(base_videos, progress=False)
     val = cache.load(splits["val"])
     base_crops = len(cache.load(splits["train"]))

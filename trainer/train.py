@@ -493,7 +493,7 @@ class Trainer:
         scorer = scorer.with_threshold(anomaly_thr, fpr=cfg.anomaly_fpr)
         # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
         self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
-        self.defence = self.defences[SHIPPED_DEFENCE]
+        shipped = self.defences[SHIPPED_DEFENCE]
 
         # Held-out test split: both models, same data.
         test = self.crops["test"]
@@ -520,8 +520,8 @@ class Trainer:
                                     "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
 
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
-                      "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": self.defence.threshold,
-                      "defence_track": self.defence.track_threshold}  # fmt: skip
+                      "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
+                      "defence_track": shipped.track_threshold}  # fmt: skip
         self.timings["finish_s"] = time.monotonic() - t0
         return self.register(D, scorer, metrics, thresholds)
 
@@ -568,8 +568,7 @@ class Trainer:
         sample = self.val_x[: min(64, len(self.val_x))]
         parity = export_onnx(D, vdir / "model.onnx", sample)
         scorer.save(vdir / "scorer.npz")
-        if getattr(self, "defence", None) is not None:
-            self.defence.save(vdir / "defence.npz")
+        self.defences[SHIPPED_DEFENCE].save(vdir / "defence.npz")
         # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
         torch.save({"state_dict": D.state_dict(), "image_size": cfg.image_size, "layer_gain": D.layer_gain},
                    vdir / "discriminator.pt")  # fmt: skip
@@ -643,7 +642,7 @@ class Trainer:
         onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
         result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, self.crops["test"],
                                 seed=self.cfg.seed, quick=True, generator=self.G.eval(),
-                                defences=getattr(self, "defences", None), shipped_defence=SHIPPED_DEFENCE)  # fmt: skip
+                                defences=self.defences, shipped_defence=SHIPPED_DEFENCE)  # fmt: skip
         result["version"] = version
         write_report(result, self.history, vdir / "report" / "eval")
         self.timings["eval_s"] = time.monotonic() - t0

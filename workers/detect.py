@@ -20,11 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import redis
 
-from forensics.alerts import AlertWriter, evidence_field, evidence_key, make_alert
+from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, evidence_key, make_alert
 from forensics.config import Settings
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
@@ -253,9 +252,9 @@ class DetectWorker:
         key = evidence_key(self.keys, b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
-            ok, png = cv2.imencode(".png", cv2.cvtColor(b.images[i], cv2.COLOR_RGB2BGR))
-            if ok:
-                pipe.hset(key, evidence_field(records[i].frame, records[i].track), png.tobytes())
+            png = encode_crop_png(b.images[i])
+            if png is not None:
+                pipe.hset(key, evidence_field(records[i].frame, records[i].track), png)
         pipe.expire(key, self.cfg.evidence_ttl_s)
         pipe.execute()
 
