@@ -128,6 +128,8 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.scan import scan_file
 
     model = load_model(Registry(settings.models_dir), args.model, providers=settings.detect.providers)
+    if model.warning:
+        print(f"forensics: warning: {model.warning}", file=sys.stderr)
     status = 0
     for path in args.files:
         try:
@@ -144,9 +146,10 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"path": str(path), **verdict}))
         else:
             score = "-" if verdict["score"] is None else f"{verdict['score']:.3f}"
+            flag = "  [synthetic-only model]" if model.warning else ""
             print(f"{path}: {verdict['label']}  score={score} (threshold {verdict['threshold']:.3f})  "
                   f"faces={verdict['faces_scored']} frames={verdict['frames_scored']}  "
-                  f"anomaly_rate={verdict['anomaly_rate'] if verdict['anomaly_rate'] is None else round(verdict['anomaly_rate'], 3)}")  # fmt: skip
+                  f"anomaly_rate={verdict['anomaly_rate'] if verdict['anomaly_rate'] is None else round(verdict['anomaly_rate'], 3)}{flag}")  # fmt: skip
     return status
 
 
@@ -156,8 +159,9 @@ def format_alert(event: dict) -> str:
     if kind == "verdict":
         score = event.get("score")
         score = "-" if score is None else f"{score:.3f}"
+        flag = "  [synthetic-only model: not meaningful on real video]" if (event.get("model") or {}).get("synthetic_only") else ""
         return (f"[verdict] {event.get('file') or src}: {event.get('label')}  score={score} "
-                f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}")  # fmt: skip
+                f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}{flag}")  # fmt: skip
     if kind == "deepfake":
         return f"[deepfake] {src}: window score {event.get('score', 0):.3f} > {event.get('threshold', 0):.3f}"
     if kind == "anomaly":
@@ -238,8 +242,19 @@ def _pixel_eps(text: str) -> float:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.train import TrainConfig, train
 
+    if not args.data and not args.real_only:
+        raise ConfigError("train needs --data DIR (labelled DFDC-format video) or --real-only DIR (real footage)")
     cfg = TrainConfig(
-        data=[str(d) for d in args.data],
+        data=[str(d) for d in args.data or []],
+        real_only=[str(d) for d in args.real_only or []],
+        fakes=args.fakes or ("self-blended" if not args.data else "labelled"),
+        arch=args.arch,
+        augment=args.augment,
+        crop_size=args.crop_size,
+        gen_weight=args.gen_weight,
+        lr=args.lr if args.lr is not None else (2e-4 if args.arch == "dcgan" else 1e-3),
+        adv_lr=args.lr / 2 if args.lr is not None else (1e-4 if args.arch == "dcgan" else 5e-4),
+        pgd_train_steps=args.pgd_steps,
         image_size=args.size,
         frames_per_video=args.frames,
         gan_epochs=args.gan_epochs,
@@ -270,6 +285,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             "standard_pgd_success": {k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()},
             "ood_detection": out["metrics"]["ood_detection"],
             "anomaly_on_pgd": adv.get("anomaly_on_pgd"),
+            "trained_on": out["manifest"].get("provenance"),
         }
         print(json.dumps(summary, indent=1))
     return 0
@@ -332,6 +348,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.provenance import summary as provenance_summary
     from forensics.registry import Registry
 
     reg = Registry(settings.models_dir)
@@ -346,6 +363,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             auc = f"{row['auc']:.3f}" if isinstance(row["auc"], float) else "-"
             print(f"{mark} {row['version']}  {row['created_at']}  size={row['input_size']}  "
                   f"video_auc={auc}  parent={row['parent'] or '-'}")  # fmt: skip
+            print(f"      trained on: {provenance_summary(row['provenance'])}"
+                  + ("  [synthetic only: verdicts on real video are not meaningful]" if row["synthetic_only"] else ""))
             for d in row["decisions"]:
                 print(f"      retrain {d['run_id']}: {d['decision']} ({d['reason']})")
             for h in row["promotions"]:
@@ -479,7 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth, role="synth")
 
     s = sub.add_parser("train", help="train, calibrate, export and register a model from DFDC-format data")
-    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--data", action="append", type=Path, metavar="DIR", help="labelled DFDC-format data (repeatable)")
+    s.add_argument("--real-only", nargs="+", type=Path, metavar="DIR",
+                   help="folders of real footage alone (every video REAL); fakes are self-blended")
+    s.add_argument("--fakes", choices=["labelled", "self-blended", "both"],
+                   help="fake source: labelled FAKE videos, self-blended fakes of the real faces, or both "
+                        "(default: labelled; self-blended with --real-only alone)")
+    s.add_argument("--arch", choices=["dcgan", "resnet"], default="dcgan",
+                   help="detector: spectral-norm DCGAN discriminator or a small from-scratch ResNet")
+    s.add_argument("--augment", choices=["basic", "strong"], default="basic",
+                   help="strong: + JPEG, resize, blur, colour, cut-out")
+    s.add_argument("--crop-size", type=int, help="cache crops at this size (default --size); e.g. 256 to share one cache")
+    s.add_argument("--gen-weight", type=float, default=0.1, help="weight of DCGAN generator samples among fakes (0: off)")
+    s.add_argument("--lr", type=float, help="learning rate (default 2e-4 dcgan, 1e-3 resnet; half in the adversarial phase)")
+    s.add_argument("--pgd-steps", type=int, default=5, help="PGD steps per adversarial training example")
     s.add_argument("--size", type=int, default=64, help="input size S (64, 128, 256)")
     s.add_argument("--frames", type=int, default=16, help="face crops taken from this many frames per video")
     s.add_argument("--gan-epochs", type=int, default=8)

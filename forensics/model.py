@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from forensics import provenance
 from forensics.defence import FILE_NAME as DEFENCE_FILE
 from forensics.defence import Defence
 from forensics.errors import ModelError
@@ -67,8 +68,24 @@ class LoadedModel:
 
     @property
     def info(self) -> dict:
-        """The ``model`` field of alerts."""
-        return {"version": self.artifact.version, "sha256": self.artifact.sha256}
+        """The ``model`` field of alerts and results: version, sha256 and the synthetic-only flag."""
+        return {"version": self.artifact.version, "sha256": self.artifact.sha256,
+                "synthetic_only": provenance.synthetic_only(self.provenance)}  # fmt: skip
+
+    @property
+    def trained_on(self) -> dict | None:
+        """The ``trained_on`` field of verdicts: data, fake sources, input size, architecture (None if not recorded)."""
+        return provenance.alert_fields(self.provenance)["trained_on"]
+
+    @property
+    def provenance(self) -> dict | None:
+        """The manifest's record of what this version was trained on (None for versions from before it was kept)."""
+        return self.artifact.manifest.get("provenance")
+
+    @property
+    def warning(self) -> str | None:
+        """One line to print at start-up when verdicts of this model on real video mean nothing (synthetic-only)."""
+        return provenance.warning_line(self.artifact.version, self.provenance)
 
     def score(self, images: np.ndarray) -> CropScores:
         """images: uint8 [N, S, S, 3] RGB crops at the model's input size."""

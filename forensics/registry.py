@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import ModelError
+from forensics.provenance import synthetic_only
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -251,6 +252,8 @@ class Registry:
                     "parent": m.get("parent"),
                     "input_size": m.get("input_size"),
                     "auc": metrics.get("clean_video_auc", metrics.get("clean_auc")),
+                    "provenance": m.get("provenance"),
+                    "synthetic_only": synthetic_only(m.get("provenance")),
                     "complete": bool(m),
                     "promotions": [{"at": h.get("at"), "reason": h.get("reason")} for h in history if h["version"] == v],
                     "decisions": decisions.get(v, []),

@@ -44,4 +44,5 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
     eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
     verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
+    verdict["trained_on"] = model.trained_on
     return verdict

@@ -6,8 +6,9 @@ Layouts read:
   ``{"label": "REAL"|"FAKE", "split": ..., "original": "<real clip>.mp4"}`` beside the ``*.mp4``;
 - test-set style: a folder with ``labels.csv`` (``filename,label``; 0 real, 1 fake).
 
-Splits are made by *group*: a fake's group is its original, a real clip is its own group, so a
-fake and its source never straddle train and validation.
+Splits are made by *group* across all part folders given: a fake's group is its original (which
+may sit in another part, or in none), a real clip is its own group, so a fake and its source never
+straddle train and validation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ class Video:
     label: int  # 0 REAL, 1 FAKE
     group: str  # split key: the original clip for fakes, the clip itself for reals
     original: str | None = None
+    synthetic: bool = False  # written by ``forensics synth`` (metadata entry ``"source": "synthetic"``)
 
     @property
     def name(self) -> str:
@@ -81,9 +84,10 @@ def _read_metadata(part: Path) -> list[Video]:
         if label not in ("REAL", "FAKE"):
             raise DatasetError(f"{part / 'metadata.json'}: {name} has label {label or 'missing'}, not REAL or FAKE")
         original = entry.get("original") if label == "FAKE" else None
-        # Groups are per part folder: originals are named within their part.
-        group = f"{part.name}/{original or name}"
-        out.append(Video(part / name, REAL if label == "REAL" else FAKE, group, original))
+        # Groups span parts: a fake's original may sit in another part folder (or in none given).
+        group = group_key(original or name)
+        synthetic = entry.get("source") == "synthetic"
+        out.append(Video(part / name, REAL if label == "REAL" else FAKE, group, original, synthetic))
     return out
 
 
@@ -98,8 +102,21 @@ def _read_labels_csv(path: Path) -> list[Video]:
         name, label = (row.get("filename") or "").strip(), (row.get("label") or "").strip()
         if not name or label not in ("0", "1", "0.0", "1.0"):
             raise DatasetError(f"{path}:{i}: expected filename,label with label 0 or 1, got {row}")
-        out.append(Video(path.parent / name, int(float(label)), f"{path.parent.name}/{name}"))
+        out.append(Video(path.parent / name, int(float(label)), group_key(name)))
     return out
+
+
+_SEGMENT = re.compile(r"_segment_\d+$")
+
+
+def group_key(name: str) -> str:
+    """The split group of a clip named ``name``: its stem, lower-cased, without a ``_segment_K`` suffix.
+
+    Groups are global across part folders (DFDC fakes name originals that may live in another
+    part), and a segment cut from a clip stays with the clip, so the same footage never straddles
+    train and test.
+    """
+    return _SEGMENT.sub("", Path(str(name)).stem.lower())
 
 
 def split_by_group(
@@ -171,19 +188,36 @@ def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
         detector=cfg.detector, margin=cfg.margin, detect_width=cfg.detect_width, max_faces=cfg.max_faces
     )
     cropper = build_cropper(faces, cfg.size)
-    images, frames, tracks = [], [], []
+    images, frames, tracks, boxes, marks = [], [], [], [], []
+    last = max(wanted) if wanted else None
     for df in decode_file(video.path, limits, FrameSampler("every_nth", every_nth=1)):
         if wanted is not None and df.index not in wanted:
+            if last is not None and df.index > last:
+                break
             continue
         for crop in cropper.crops(df):
             images.append(crop.image)
             frames.append(df.index)
             tracks.append(-1 if crop.track is None else crop.track)
-    return {
+            boxes.append(to_crop_coords(np.asarray(crop.box, np.float32).reshape(2, 2), crop.region, cfg.size).ravel())
+            lm = getattr(crop, "landmarks", None)
+            marks.append(None if lm is None else to_crop_coords(np.asarray(lm, np.float32).reshape(-1, 2), crop.region, cfg.size))
+    out = {
         "images": np.stack(images) if images else np.zeros((0, cfg.size, cfg.size, 3), np.uint8),
         "frame_index": np.asarray(frames, np.int32),
         "track": np.asarray(tracks, np.int32),
+        "box": np.asarray(boxes, np.float32).reshape(-1, 4),
     }
+    if marks and all(m is not None for m in marks) and len({m.shape for m in marks}) == 1:
+        out["landmarks"] = np.stack(marks).astype(np.float32)
+    return out
+
+
+def to_crop_coords(points: np.ndarray, region, size: int) -> np.ndarray:
+    """Frame-pixel points float32 [P, 2] (x, y) -> pixel coordinates in the ``size`` x ``size`` crop of ``region``."""
+    x0, y0, x1, y1 = region
+    scale = size / max(1, x1 - x0)
+    return ((points - np.array([x0, y0], np.float32)) * scale).astype(np.float32)
 
 
 def _extract_to_shard(video: Video, cfg: CropConfig, shard: Path) -> tuple[str, int, str]:
@@ -245,9 +279,14 @@ class CropCache:
                 out[v.name] = f.read_text().strip()
         return out
 
-    def load(self, videos: Sequence[Video]) -> CropSet:
-        """All cached crops of these videos as one in-memory set (skipping failed videos)."""
-        images, labels, vid, frames = [], [], [], []
+    def load(self, videos: Sequence[Video], *, size: int | None = None) -> CropSet:
+        """All cached crops of these videos as one in-memory set (skipping failed videos and videos without faces).
+
+        ``size``: resize the crops (and their boxes and landmarks) to ``size`` x ``size`` (default: as cached),
+        so one cache at the largest size serves smaller models.
+        """
+        s = size or self.cfg.size
+        images, labels, vid, frames, boxes, marks = [], [], [], [], [], []
         kept: list[Video] = []
         for v in videos:
             path = self.shard(v)
@@ -256,20 +295,57 @@ class CropCache:
             with np.load(path, allow_pickle=False) as z:
                 imgs = z["images"]
                 fi = z["frame_index"]
+                box = z["box"] if "box" in z.files else np.full((len(imgs), 4), np.nan, np.float32)
+                lm = z["landmarks"] if "landmarks" in z.files else None
+            if not len(imgs):
+                continue
+            if s != self.cfg.size:
+                imgs = resize_crops(imgs, s)
+                box = box * (s / self.cfg.size)
+                lm = None if lm is None else lm * (s / self.cfg.size)
             vi = len(kept)
             kept.append(v)
             images.append(imgs)
             labels.append(np.full(len(imgs), v.label, np.int64))
             vid.append(np.full(len(imgs), vi, np.int64))
             frames.append(fi.astype(np.int64))
-        s = self.cfg.size
+            boxes.append(box.astype(np.float32))
+            marks.append(lm)
+        n_points = {m.shape[1] for m in marks if m is not None}
+        landmarks = None
+        if len(n_points) == 1:  # NaN rows for crops whose video was cached without landmarks
+            p = n_points.pop()
+            landmarks = np.concatenate([m if m is not None else np.full((len(b), p, 2), np.nan, np.float32)
+                                        for m, b in zip(marks, boxes)]).astype(np.float32)  # fmt: skip
         return CropSet(
             images=np.concatenate(images) if images else np.zeros((0, s, s, 3), np.uint8),
             labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
             video=np.concatenate(vid) if vid else np.zeros(0, np.int64),
             frame_index=np.concatenate(frames) if frames else np.zeros(0, np.int64),
             videos=kept,
+            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+            landmarks=landmarks,
         )
+
+    def faceless(self, videos: Iterable[Video]) -> list[str]:
+        """Names of cached videos in which no face was found (they contribute no crops)."""
+        out = []
+        for v in videos:
+            path = self.shard(v)
+            if path.exists():
+                with np.load(path, allow_pickle=False) as z:
+                    if z["frame_index"].shape[0] == 0:
+                        out.append(v.name)
+        return out
+
+
+def resize_crops(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, s, s, 3] -> uint8 [N, size, size, 3] (area interpolation down, bilinear up)."""
+    import cv2
+
+    interp = cv2.INTER_AREA if size < images.shape[1] else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(im, (size, size), interpolation=interp) for im in images]) if len(images) else (
+        np.zeros((0, size, size, 3), np.uint8))  # fmt: skip
 
 
 @dataclass
@@ -279,6 +355,8 @@ class CropSet:
     video: np.ndarray  # int64 [N], index into ``videos``
     frame_index: np.ndarray  # int64 [N]
     videos: list[Video]
+    boxes: np.ndarray | None = None  # float32 [N, 4], the detected face box in crop pixels (x0, y0, x1, y1); NaN if unknown
+    landmarks: np.ndarray | None = None  # float32 [N, P, 2], face landmarks in crop pixels (x, y); NaN rows if unknown
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -300,19 +378,36 @@ def _progress(total: int, desc: str, enabled: bool):
 # ---- torch side -----------------------------------------------------------------------------
 
 
-def training_transform(size: int):
-    """torchvision v2 pipeline on uint8 CHW tensors -> float32 [3, size, size] in [0, 1]."""
+def training_transform(size: int, *, strong: bool = False):
+    """torchvision v2 pipeline on uint8 CHW tensors -> float32 [3, size, size] in [0, 1].
+
+    ``strong`` adds what the DFDC winners trained with, each applied at random: JPEG
+    compression (quality 30..95), down-and-up resizing (to 35..80 % of the side), blur, colour
+    jitter, greyscale, and cut-out (an erased rectangle of 2..15 % of the image).
+    """
     import torch
     from torchvision.transforms import v2
 
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=20, scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR),
-            v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
+    steps = [
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=20 if not strong else 10, scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR),
+    ]
+    if strong:
+        steps += [
+            v2.RandomApply([v2.JPEG(quality=(30, 95))], p=0.5),
+            v2.RandomApply([v2.RandomChoice([v2.Compose([v2.Resize(int(size * f), antialias=True), v2.Resize(size, antialias=True)])
+                                             for f in (0.35, 0.5, 0.65, 0.8)])], p=0.3),  # fmt: skip
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.5))], p=0.15),
+            v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
+            v2.RandomGrayscale(p=0.05),
         ]
-    )
+    steps += [
+        v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if strong:
+        steps.append(v2.RandomErasing(p=0.3, scale=(0.02, 0.15), value=0))
+    return v2.Compose(steps)
 
 
 def eval_transform(size: int):

@@ -250,12 +250,41 @@ def build_generator(image_size: int, latent_dim: int = LATENT_DIM) -> Generator:
     return Generator(image_size, latent_dim=latent_dim)
 
 
-def load_discriminator(path, map_location: str = "cpu") -> Discriminator:
-    """The discriminator saved beside a registered version (``discriminator.pt``), in eval mode.
+ARCHITECTURES = ("dcgan", "resnet")
+
+
+def build_detector(arch: str, image_size: int) -> nn.Module:
+    """The detector of architecture ``arch``: ``dcgan`` (:class:`Discriminator`) or ``resnet``
+    (:class:`trainer.backbones.ResNetDetector`); both take float32 [N,3,S,S] in [0,1] and return
+    (logits [N], tapped features)."""
+    if arch == "dcgan":
+        return build_discriminator(image_size)
+    if arch == "resnet":
+        from trainer.backbones import ResNetDetector  # noqa: PLC0415
+
+        return ResNetDetector(image_size)
+    raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+
+
+def detector_config(model: nn.Module) -> dict:
+    """What :func:`load_discriminator` needs besides the state dict (saved in ``discriminator.pt``)."""
+    if hasattr(model, "config"):
+        return model.config()
+    return {"arch": "dcgan", "image_size": model.image_size, "layer_gain": model.layer_gain}
+
+
+def load_discriminator(path, map_location: str = "cpu") -> nn.Module:
+    """The detector saved beside a registered version (``discriminator.pt``), in eval mode.
 
     Loaded with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
     """
     state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("arch", "dcgan") == "resnet":
+        from trainer.backbones import ResNetDetector  # noqa: PLC0415
+
+        d = ResNetDetector(int(state["image_size"]), widths=tuple(state["widths"]), depth=int(state["depth"]))
+        d.load_state_dict(state["state_dict"])
+        return d.eval()
     d = Discriminator(int(state["image_size"]), layer_gain=float(state.get("layer_gain", 2.0)))
     d.load_state_dict(state["state_dict"])
     return d.eval()

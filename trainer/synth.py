@@ -1025,14 +1025,14 @@ def generate_dataset(
         fake_names = [f"{next(names)}.mp4" for _ in range(n_fake)]
         metadata: dict[str, dict[str, str | None]] = {}
         for i, real_name in enumerate(real_names):
-            metadata[real_name] = {"label": "REAL", "split": "train", "original": None}
+            metadata[real_name] = {"label": "REAL", "split": "train", "original": None, "source": "synthetic"}
             identity = make_identity(np.random.default_rng([seed, 1, k, i]))
             scene = _Scene(np.random.default_rng([seed, 2, k, i]), identity, width, height, fps)
             swaps, paths = [], [part_dir / real_name]
             for j in range(i, n_fake, n_real):
                 swaps.append(_FaceSwap(scene, difficulty, np.random.default_rng([seed, 3, k, j])))
                 paths.append(part_dir / fake_names[j])
-                metadata[fake_names[j]] = {"label": "FAKE", "split": "train", "original": real_name}
+                metadata[fake_names[j]] = {"label": "FAKE", "split": "train", "original": real_name, "source": "synthetic"}
             _render_group(scene, swaps, paths, frames, fps)
         (part_dir / "metadata.json").write_text(json.dumps(dict(sorted(metadata.items()))))
     return out_dir

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,8 @@ from trainer.data import (
     CropCache,
     CropConfig,
     CropSet,
+    DatasetError,
     as_float_tensor,
-    read_dataset,
-    split_by_group,
     torch_dataset,
     training_transform,
 )
@@ -52,10 +52,13 @@ from trainer.models import (
     Discriminator,
     LogitsOnly,
     WithChannelStats,
-    build_discriminator,
+    build_detector,
     build_generator,
+    detector_config,
     warm_up_spectral_norm,
 )
+from trainer.sbi import self_blended_dataset
+from trainer.sources import load_run_data
 from trainer.ood import ood_sets, scorer_fit_positives
 
 EPS_REPORT = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -95,6 +98,11 @@ class TrainConfig:
     models_dir: str = "models"
     parent: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    arch: str = "dcgan"  # dcgan (spectral-norm discriminator) | resnet (trainer/backbones.py)
+    fakes: str = "labelled"  # labelled | self-blended | both (trainer/sources.py)
+    real_only: list[str] = field(default_factory=list)  # folders of real footage (every video REAL)
+    augment: str = "basic"  # basic (flip, affine) | strong (+ compression, resize, colour, cut-out)
+    crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
 
 
 # ---- distributed helpers -------------------------------------------------------------------
@@ -223,20 +231,17 @@ class Trainer:
     def load_data(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        videos = read_dataset(cfg.data)
-        self.splits = split_by_group(videos, val=cfg.val_share, test=cfg.test_share, seed=cfg.seed)
-        cache = CropCache(cfg.cache_dir, CropConfig(size=cfg.image_size, frames_per_video=cfg.frames_per_video))
+        cache = CropCache(cfg.cache_dir, CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video))
         if self.dist.main:
-            counts = cache.build(videos, workers=cfg.workers, progress=cfg.progress)
-            self.log.info("face crops ready", **counts)
+            load_run_data(cfg, cache)  # extracts the crops once, on rank 0
         self.dist.barrier()
-        self.failed_videos = cache.failures(videos)
-        self.crops: dict[str, CropSet] = {k: cache.load(v) for k, v in self.splits.items()}
-        for name, cs in self.crops.items():
-            if len(cs) == 0 or len(np.unique(cs.labels)) < 2:
-                from trainer.data import DatasetError
-
-                raise DatasetError(f"the {name} split has {len(cs)} face crops and needs both REAL and FAKE: add videos")
+        run_data = load_run_data(cfg, cache, build=False)
+        self.failed_videos = run_data.failed
+        self.provenance = run_data.provenance
+        self.crops: dict[str, CropSet] = run_data.crops
+        if self.failed_videos:
+            self.log.warning("videos skipped", count=len(self.failed_videos),
+                             reasons=dict(Counter(_reason_kind(r) for r in self.failed_videos.values())))  # fmt: skip
         self.fingerprint = self.crops["train"].fingerprint()
         self.timings["data_s"] = time.monotonic() - t0
         self.log.info(
@@ -256,7 +261,16 @@ class Trainer:
     def _loader(self):
         from torch.utils.data import DataLoader, DistributedSampler
 
-        ds = torch_dataset(self.crops["train"], training_transform(self.cfg.image_size))
+        cfg = self.cfg
+        transform = training_transform(cfg.image_size, strong=cfg.augment == "strong")
+        if self.provenance["fakes"] in ("self-blended", "both"):
+            ds = self_blended_dataset(self.crops["train"], transform, cfg.seed, labelled=self.provenance["fakes"] == "both")
+            if len(ds) == len(self.crops["train"]):
+                raise DatasetError("self-blended fakes need face landmarks and no train crop has any: "
+                                   "see README, 'Training for real video'")  # fmt: skip
+        else:
+            ds = torch_dataset(self.crops["train"], transform)
+        self.train_dataset = ds
         sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, seed=self.cfg.seed) if self.dist.on else None
         return DataLoader(
             ds,
@@ -272,9 +286,12 @@ class Trainer:
     def build_models(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.D = build_discriminator(cfg.image_size).to(self.device)
+        self.D = build_detector(cfg.arch, cfg.image_size).to(self.device)
         self.G = build_generator(cfg.image_size).to(self.device)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        if cfg.arch == "dcgan":
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        else:  # a classifier with BatchNorm: the usual AdamW, not the GAN betas
+            self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         self.D_train: nn.Module = self.D
         self.G_train: nn.Module = self.G
@@ -344,6 +361,9 @@ class Trainer:
         G.train()
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(self.epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(self.epoch)  # fresh self-blended fakes every epoch
+        use_gen = cfg.gen_weight > 0
         bce = nn.BCEWithLogitsLoss(reduction="none")
         sums = {"d_loss": 0.0, "g_loss": 0.0, "n": 0}
         bar = _bar(len(loader), f"epoch {self.epoch + 1} {phase}", cfg.progress and self.dist.main, unit="batch")
@@ -351,7 +371,7 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             n = x.shape[0]
             weights = torch.ones(n, device=self.device)
-            if phase == "gan":
+            if phase == "gan" and use_gen:
                 z = torch.randn(max(1, n // 8), self.G.latent_dim,
                                 device=self.device)  # fmt: skip
                 with torch.no_grad():
@@ -371,7 +391,7 @@ class Trainer:
             d_loss.backward()
             self.opt_d.step()
             sums["d_loss"] += d_loss.item() * n
-            if phase == "gan":
+            if phase == "gan" and use_gen:
                 z = torch.randn(n // 2, self.G.latent_dim, device=self.device)
                 g_logits, _ = D(G(z))
                 g_loss = bce(g_logits, torch.zeros_like(g_logits)).mean()  # G wants "real" (0)
@@ -465,7 +485,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.monotonic()
         D = self.D.eval()
-        standard = build_discriminator(cfg.image_size)
+        standard = build_detector(cfg.arch, cfg.image_size)
         standard.load_state_dict(self.standard_state)
         warm_up_spectral_norm(standard, iters=5)
         standard.eval()
@@ -570,8 +590,7 @@ class Trainer:
         scorer.save(vdir / "scorer.npz")
         self.defences[SHIPPED_DEFENCE].save(vdir / "defence.npz")
         # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
-        torch.save({"state_dict": D.state_dict(), "image_size": cfg.image_size, "layer_gain": D.layer_gain},
-                   vdir / "discriminator.pt")  # fmt: skip
+        torch.save({"state_dict": D.state_dict(), **detector_config(D)}, vdir / "discriminator.pt")
         # The generator, for the report's sample-fidelity (SSIM) figures.
         torch.save({"state_dict": self.G.state_dict(), "image_size": cfg.image_size, "latent_dim": self.G.latent_dim},
                    vdir / "generator.pt")  # fmt: skip
@@ -588,6 +607,7 @@ class Trainer:
                 **{f"{k}_videos": len(v.videos) for k, v in self.crops.items()},
                 **{f"{k}_crops": len(v) for k, v in self.crops.items()},
                 "failed_videos": self.failed_videos,
+                "provenance": self.provenance,
             },
             "config": asdict(cfg),
             "timings": self.timings,
@@ -601,6 +621,8 @@ class Trainer:
             version,
             {
                 "input_size": cfg.image_size,
+                "architecture": cfg.arch,
+                "provenance": self.provenance,
                 "preprocessing": {
                     "input": "float32 [N,3,S,S] RGB in [0,1]",
                     "normalization": "inside the model: (x - 0.5) / 0.5",
@@ -652,6 +674,12 @@ def export_onnx(D: Discriminator, path: Path, sample: torch.Tensor) -> dict:
     from trainer.export import export_discriminator
 
     return export_discriminator(D, path, sample)
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without the file name: ``x.mp4: truncated: ...`` -> ``truncated``."""
+    text = reason.split(": ", 1)[1] if ": " in reason else reason
+    return text.split(":")[0].split(" (")[0].strip()
 
 
 def _bar(total: int, desc: str, enabled: bool, unit: str):

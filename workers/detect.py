@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class DetectWorker:
         self.model = load_model(self.registry, self._wanted_version(), providers=self.cfg.providers,
                                 intra_op_threads=self.cfg.intra_op_threads)  # fmt: skip
         self.log.info("model loaded", version=self.model.artifact.version, provider=self.model.net.provider)
+        if self.model.warning:
+            print(f"forensics: warning: {self.model.warning}", file=sys.stderr, flush=True)
 
     def maybe_reload(self) -> bool:
         """Swap to a newly announced/promoted version between batches; keep serving on failure."""
@@ -95,6 +98,8 @@ class DetectWorker:
         if self.metrics:
             self.metrics.set_model(wanted)
         self.log.info("model reloaded", version=wanted, previous=old)
+        if new.warning:
+            print(f"forensics: warning: {new.warning}", file=sys.stderr, flush=True)
         return True
 
     # -- loop -----------------------------------------------------------------------------
@@ -286,7 +291,8 @@ class DetectWorker:
         ]
         verdict = file_verdict(records, threshold=self.model.video_threshold, eof=eof,
                                track_anomaly_threshold=self.model.track_threshold)  # fmt: skip
-        alert = make_alert("verdict", source, f"{source}:verdict", model=self.model.info, **verdict)
+        alert = make_alert("verdict", source, f"{source}:verdict", model=self.model.info,
+                           trained_on=self.model.trained_on, **verdict)  # fmt: skip
         if self.alerts.emit(alert):
             self._count_alert("verdict")
             self.log.info("verdict", source=source, file=verdict["file"], label=verdict["label"],
