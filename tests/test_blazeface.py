@@ -39,7 +39,11 @@ def test_blazeface_finds_the_astronauts_face_with_landmarks_in_anatomical_order(
     lm = dict(zip(LANDMARK_NAMES, f.landmarks))
     assert f.landmarks.dtype == np.float32 and f.landmarks.shape == (5, 2) and f.mesh.shape == (468, 2)
     # Eyes above nose above mouth; the person's right eye and mouth corner on the image's left.
-    assert max(lm["right_eye"][1], lm["left_eye"][1]) < lm["nose_tip"][1] < min(lm["mouth_right"][1], lm["mouth_left"][1])
+    assert (
+        max(lm["right_eye"][1], lm["left_eye"][1])
+        < lm["nose_tip"][1]
+        < min(lm["mouth_right"][1], lm["mouth_left"][1])
+    )
     assert lm["right_eye"][0] + 25 < lm["left_eye"][0] and lm["mouth_right"][0] + 25 < lm["mouth_left"][0]
     assert lm["right_eye"][0] < lm["nose_tip"][0] < lm["left_eye"][0]
     # All inside the box, in frame pixels.
@@ -52,7 +56,7 @@ def test_landmarks_follow_the_face_in_a_larger_frame_and_on_the_crop(cropper):
     (crop,) = cropper.crops_rgb(canvas)
     ref = detect_faces(skdata.astronaut())[0]
     assert np.allclose(crop.landmarks, ref.landmarks + [700, 150], atol=6)
-    x0, y0, x1, y1 = crop.region
+    x0, _, x1, _ = crop.region
     assert x0 <= crop.landmarks[:, 0].min() and crop.landmarks[:, 0].max() <= x1
 
 

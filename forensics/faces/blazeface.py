@@ -35,7 +35,9 @@ class BlazeFaceDetector:
         self.interp = litert_interpreter(packaged_model(DETECTOR_FILE), threads)
         inp, outs = self.interp.get_input_details()[0], self.interp.get_output_details()
         if tuple(inp["shape"]) != (1, _SIZE, _SIZE, 3) or len(outs) != 2:
-            raise ModelError(f"{DETECTOR_FILE} has input {list(inp['shape'])}, not [1, 192, 192, 3]: reinstall it")
+            raise ModelError(
+                f"{DETECTOR_FILE} has input {list(inp['shape'])}, not [1, 192, 192, 3]: reinstall it"
+            )
         self._in = inp["index"]
         # The regressor output is [1, 2304, 16], the classifier [1, 2304, 1]; order them by shape.
         outs = sorted(outs, key=lambda d: -int(d["shape"][-1]))
@@ -49,7 +51,7 @@ class BlazeFaceDetector:
         h, w = small.shape[:2]
         s = _SIZE / max(h, w)
         if s != 1.0:
-            rw, rh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+            rw, rh = max(1, round(w * s)), max(1, round(h * s))
             small = cv2.resize(small, (rw, rh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         rh, rw = small.shape[:2]
         px, py = (_SIZE - rw) // 2, (_SIZE - rh) // 2
@@ -65,7 +67,9 @@ class BlazeFaceDetector:
             return []
         dets, scores = ssd.weighted_nms(dets, scores, self.nms_iou)
         # input [0, 1] -> small pixels -> full-resolution pixels
-        pts = (dets * _SIZE - np.array([px, py], np.float32)) * np.array([scale * w / rw, scale * h / rh], np.float32)
+        pts = (dets * _SIZE - np.array([px, py], np.float32)) * np.array(
+            [scale * w / rw, scale * h / rh], np.float32
+        )
         faces = []
         for p, sc in zip(pts.astype(np.float32), scores):
             faces.append(Face(p[:2].reshape(4), float(sc), keypoints=p[2:]))

@@ -79,10 +79,10 @@ class FaceCropper:
         fit = self.detector.fit if self.detector is not None else None
         if fit is not None:  # longest side to the detector's input side, never upscaled
             scale = max(1.0, max(w, h) / fit)
-            return max(1, int(round(w / scale))), max(1, int(round(h / scale))), scale
+            return max(1, round(w / scale)), max(1, round(h / scale)), scale
         dw = min(self.settings.detect_width, w)
         scale = w / dw
-        return dw, max(1, int(round(h / scale))), scale
+        return dw, max(1, round(h / scale)), scale
 
     def _pick(self, faces: list[Face]) -> list[Face]:
         # Largest faces first: with a cap on faces per frame, the main subject wins.

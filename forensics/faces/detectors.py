@@ -38,7 +38,7 @@ class Face:
     mesh: np.ndarray | None = None
 
     def int_box(self) -> tuple[int, int, int, int]:
-        return tuple(int(round(float(v))) for v in self.box)  # type: ignore[return-value]
+        return tuple(round(float(v)) for v in self.box)  # type: ignore[return-value]
 
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
@@ -68,9 +68,14 @@ class HaarDetector:
         self.min_face = min_face
 
     def detect(self, small: np.ndarray, scale: float) -> list[Face]:
-        min_side = max(12, int(round(self.min_face / scale)))
-        found = self.cascade.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-        return [Face(np.array([x, y, x + w, y + h], np.float32) * scale) for x, y, w, h in (found if len(found) else [])]
+        min_side = max(12, round(self.min_face / scale))
+        found = self.cascade.detectMultiScale(
+            small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+        )
+        return [
+            Face(np.array([x, y, x + w, y + h], np.float32) * scale)
+            for x, y, w, h in (found if len(found) else [])
+        ]
 
 
 class OnnxFaceDetector:
@@ -81,14 +86,18 @@ class OnnxFaceDetector:
 
     def __init__(self, model_path: Path | None, score_threshold: float = 0.7):
         if model_path is None:
-            raise ConfigError("faces.detector=onnx needs faces.onnx_model: the path of a YuNet-style .onnx file")
+            raise ConfigError(
+                "faces.detector=onnx needs faces.onnx_model: the path of a YuNet-style .onnx file"
+            )
         model_path = Path(model_path)
         if not model_path.is_file():
             raise ConfigError(f"face model {model_path} does not exist (faces.onnx_model)")
         try:
             self.net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50)
         except cv2.error as err:
-            raise ConfigError(f"face model {model_path} cannot be loaded by cv2.FaceDetectorYN: {err}") from None
+            raise ConfigError(
+                f"face model {model_path} cannot be loaded by cv2.FaceDetectorYN: {err}"
+            ) from None
         self._size: tuple[int, int] | None = None
 
     def detect(self, small: np.ndarray, scale: float) -> list[Face]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in full-resolution pixels, x1/y1 exclusive
 
@@ -15,10 +15,10 @@ def square_region(box: Box, frame_w: int, frame_h: int, margin: float) -> Box:
     """
     x0, y0, x1, y1 = box
     side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-    side = max(1, int(round(min(side, frame_w, frame_h))))
+    side = max(1, round(min(side, frame_w, frame_h)))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    sx = int(round(cx - side / 2))
-    sy = int(round(cy - side / 2))
+    sx = round(cx - side / 2)
+    sy = round(cy - side / 2)
     sx = min(max(sx, 0), frame_w - side)
     sy = min(max(sy, 0), frame_h - side)
     return (sx, sy, sx + side, sy + side)

@@ -53,5 +53,7 @@ def litert_interpreter(path: Path, threads: int = 1):
         interp = Interpreter(model_path=str(path), num_threads=threads)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as err:
-        raise ModelError(f"face model {path} cannot be loaded by LiteRT: {str(err).splitlines()[0]}") from None
+        raise ModelError(
+            f"face model {path} cannot be loaded by LiteRT: {str(err).splitlines()[0]}"
+        ) from None
     return interp

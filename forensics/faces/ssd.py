@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def ssd_anchors(input_size: int, strides: list[int], offset: float = 0.5, interpolated: bool = False) -> np.ndarray:
+def ssd_anchors(
+    input_size: int, strides: list[int], offset: float = 0.5, interpolated: bool = False
+) -> np.ndarray:
     """Anchor centres float32 [A, 2] (x, y) in [0, 1], row-major over each layer's grid.
 
     Layers with the same stride share one grid; each cell gets 1 anchor (2 with the interpolated
@@ -28,7 +30,9 @@ def ssd_anchors(input_size: int, strides: list[int], offset: float = 0.5, interp
             repeats += 2 if interpolated else 1
             last += 1
         side = int(np.ceil(input_size / strides[layer]))
-        ys, xs = np.meshgrid((np.arange(side) + offset) / side, (np.arange(side) + offset) / side, indexing="ij")
+        ys, xs = np.meshgrid(
+            (np.arange(side) + offset) / side, (np.arange(side) + offset) / side, indexing="ij"
+        )
         grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
         anchors.append(np.repeat(grid, repeats, axis=0))
         layer = last
@@ -55,7 +59,9 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, i
     return out[valid].astype(np.float32), scores[keep][valid].astype(np.float32)
 
 
-def weighted_nms(dets: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+def weighted_nms(
+    dets: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's weighted NMS: each kept detection is the score-weighted mean of those overlapping it.
 
     dets float32 [N, 2 + K, 2] (box corners then keypoints), scores [N]. Returns the merged

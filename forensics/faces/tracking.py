@@ -42,4 +42,3 @@ class IouTracker:
             else:
                 self._tracks[tid] = (tb, missed)
         return [int(t) for t in ids]  # type: ignore[arg-type]
-
