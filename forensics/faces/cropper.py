@@ -29,6 +29,10 @@ class Crop:
     landmarks: np.ndarray | None = None  # float32 [5, 2] source pixels (LANDMARK_NAMES order), or None
     face: Face | None = None  # the detection itself (score, keypoints, mesh), None for whole frames
 
+    def wire_landmarks(self) -> list[list[float]] | None:
+        """The landmarks as the wire carries them: [[x, y], ...] source pixels to 0.01 px, or None."""
+        return None if self.landmarks is None else np.round(self.landmarks.astype(np.float64), 2).tolist()
+
 
 class FaceCropper:
     """Frames in, square face crops (with track ids and landmarks) out. One instance per source.
