@@ -26,14 +26,19 @@ def face_clip_frame(i: int, w: int, h: int) -> np.ndarray:
     return img
 
 
-def test_face_mode_puts_tracked_crops_on_the_stream(r, settings, tmp_path):
+def ingest_face_clip(r, settings, tmp_path, detector: str):
+    """Ingest the face clip (every frame sampled) with ``detector``; the ingest result."""
     src = write_test_video(tmp_path / "face.mp4", frames=30, fps=10, width=640, height=480, frame_fn=face_clip_frame)
-    settings.faces.detector = "haar"
+    settings.faces.detector = detector
     settings.ingest.sample, settings.ingest.every_nth, settings.ingest.batch_size = "every_nth", 1, 8
     watch = Path(settings.ingest.watch_dir)
     watch.mkdir(parents=True)
     shutil.copy(src, watch / "face.mp4")
-    out = FileIngest(settings, r).process(watch / "face.mp4")
+    return FileIngest(settings, r).process(watch / "face.mp4")
+
+
+def test_face_mode_puts_tracked_crops_on_the_stream(r, settings, tmp_path):
+    out = ingest_face_clip(r, settings, tmp_path, "haar")
     assert out.status == "done"
     entries = [decode(f) for _i, f in r.xrange(Keys(settings.redis.prefix).frames)]
     crops = [(b.frame_index[k], b.box[k], b.track[k]) for b in entries if b.kind == "frames" for k in range(len(b))]
@@ -50,13 +55,7 @@ def test_face_mode_puts_tracked_crops_on_the_stream(r, settings, tmp_path):
 
 
 def test_default_detector_puts_landmarks_on_the_stream(r, settings, tmp_path):
-    src = write_test_video(tmp_path / "face.mp4", frames=30, fps=10, width=640, height=480, frame_fn=face_clip_frame)
-    settings.faces.detector = "blazeface"
-    settings.ingest.sample, settings.ingest.every_nth, settings.ingest.batch_size = "every_nth", 1, 8
-    watch = Path(settings.ingest.watch_dir)
-    watch.mkdir(parents=True)
-    shutil.copy(src, watch / "face.mp4")
-    assert FileIngest(settings, r).process(watch / "face.mp4").status == "done"
+    assert ingest_face_clip(r, settings, tmp_path, "blazeface").status == "done"
     entries = [decode(f) for _i, f in r.xrange(Keys(settings.redis.prefix).frames)]
     crops = [(b.frame_index[k], b.box[k], b.track[k], b.landmarks[k]) for b in entries if b.kind == "frames"
              for k in range(len(b))]  # fmt: skip
