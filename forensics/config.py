@@ -88,8 +88,10 @@ class IngestSettings(_Section):
 
 
 class FaceSettings(_Section):
-    detector: Literal["haar", "onnx", "none"] = Field(
-        "haar", description="haar: OpenCV cascade; onnx: a YuNet-style model file; none: whole frames."
+    detector: Literal["blazeface", "haar", "onnx", "none"] = Field(
+        "blazeface",
+        description="blazeface: MediaPipe BlazeFace + face mesh (five landmarks, packaged); haar: OpenCV "
+        "cascade (no landmarks); onnx: a YuNet-style model file; none: whole frames.",
     )
     onnx_model: Path | None = Field(None, description="With detector=onnx: path of the face model file.")
     detect_width: int = Field(640, ge=64, description="Frames are downscaled to this width for detection.")
@@ -97,6 +99,7 @@ class FaceSettings(_Section):
     max_faces: int = Field(4, ge=1, description="Most faces kept per frame (largest first).")
     min_face: int = Field(40, ge=8, description="Smallest face side searched for, in full-resolution pixels.")
     iou_match: float = Field(0.3, gt=0, lt=1, description="IoU above which a box continues a track.")
+    min_score: float = Field(0.5, gt=0, lt=1, description="blazeface: lowest detection score kept.")
 
 
 class LiveSourceSettings(_Section):

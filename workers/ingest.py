@@ -25,7 +25,7 @@ import redis
 
 from forensics.config import Settings, resolve_frame_size
 from forensics.errors import BadVideo
-from forensics.faces import FaceCropper, build_cropper
+from forensics.faces import Crop, FaceCropper, build_cropper
 from forensics.logs import get_logger
 from forensics.streams import Keys, ensure_group, wait_below_high_water
 from forensics.video import DecodedFrame, FrameSampler, decode_file
@@ -172,7 +172,7 @@ class FileIngest:
         ing = self.settings.ingest
         sampler = FrameSampler(ing.sample, every_nth=ing.every_nth, fps=ing.fps)
         frames = decode_file(path, ing.limits, sampler, threads=ing.decode_threads, info_out=stats)
-        pending: list[tuple[DecodedFrame, np.ndarray, list[int], int | None, float]] = []
+        pending: list[tuple[DecodedFrame, Crop, float]] = []
         stats["no_face_frames"] = 0
         seq = 0
         self.cropper.reset()
@@ -184,7 +184,7 @@ class FileIngest:
             if not crops:
                 stats["no_face_frames"] += 1
             for crop in crops:
-                pending.append((df, crop.image, crop.box, crop.track, wall))
+                pending.append((df, crop, wall))
                 if len(pending) == ing.batch_size:
                     yield self._make_batch(source, seq, pending, frame_size)
                     seq += 1
@@ -198,12 +198,13 @@ class FileIngest:
             source=source,
             seq=seq,
             source_kind="file",
-            images=np.stack([it[1] for it in items]),
+            images=np.stack([it[1].image for it in items]),
             frame_index=[it[0].index for it in items],
             pts=[it[0].pts for it in items],
-            wall=[it[4] for it in items],
-            box=[list(map(int, it[2])) for it in items],
-            track=[it[3] for it in items],
+            wall=[it[2] for it in items],
+            box=[list(map(int, it[1].box)) for it in items],
+            track=[it[1].track for it in items],
+            landmarks=[it[1].wire_landmarks() for it in items],
             frame_size=frame_size,
         )
 

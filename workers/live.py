@@ -623,6 +623,7 @@ class LiveSource:
             wall=[s.wall] * n,
             box=[list(map(int, c.box)) for c in crops],
             track=[c.track for c in crops],
+            landmarks=[c.wire_landmarks() for c in crops],
             frame_size=(s.frame.width, s.frame.height),
             info={"connection": s.connection},
         )

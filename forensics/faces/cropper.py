@@ -1,0 +1,110 @@
+"""Frames in, square face crops with track ids and landmarks out (one FaceCropper per source).
+
+Detection runs on a downscaled copy (the detector's ``fit`` or ``faces.detect_width``); crops and
+landmarks come from the full-resolution frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from forensics.config import FaceSettings
+from forensics.faces.detectors import Face, FaceDetector
+from forensics.faces.geometry import square_region
+from forensics.faces.tracking import IouTracker
+
+_PYAV_FORMAT = {"gray": "gray", "bgr": "bgr24", "rgb": "rgb24"}
+_FROM_RGB = {"gray": cv2.COLOR_RGB2GRAY, "bgr": cv2.COLOR_RGB2BGR}
+
+
+@dataclass
+class Crop:
+    image: np.ndarray  # uint8 [S, S, 3] RGB
+    box: list[int]  # the detected face, [x0, y0, x1, y1] in source pixels
+    track: int | None  # face track id within the source, None for whole frames
+    region: list[int]  # the square actually cropped, [x0, y0, x1, y1] (margin added, clamped)
+    landmarks: np.ndarray | None = None  # float32 [5, 2] source pixels (LANDMARK_NAMES order), or None
+    face: Face | None = None  # the detection itself (score, keypoints, mesh), None for whole frames
+
+    def wire_landmarks(self) -> list[list[float]] | None:
+        """The landmarks as the wire carries them: [[x, y], ...] source pixels to 0.01 px, or None."""
+        return None if self.landmarks is None else np.round(self.landmarks.astype(np.float64), 2).tolist()
+
+
+class FaceCropper:
+    """Frames in, square face crops (with track ids and landmarks) out. One instance per source.
+
+    ``refiner`` (a FaceMesh) turns each detection's keypoints into the five landmarks.
+    """
+
+    def __init__(self, settings: FaceSettings, size: int, detector: FaceDetector | None, refiner=None):
+        self.settings = settings
+        self.size = size
+        self.detector = detector
+        self.refiner = refiner
+        self.tracker = IouTracker(settings.iou_match)
+
+    def reset(self) -> None:
+        """Forget tracks: call at the start of each file."""
+        self.tracker.reset()
+
+    def crops(self, decoded) -> list[Crop]:
+        """Crops of one decoded PyAV frame (a ``forensics.video.DecodedFrame``)."""
+        frame = decoded.frame
+        w, h = frame.width, frame.height
+        if self.detector is None:
+            return [Crop(decoded.rgb(self.size, self.size), [0, 0, w, h], None, [0, 0, w, h])]
+        sw, sh, scale = self._small_size(w, h)
+        small = frame.reformat(width=sw, height=sh, format=_PYAV_FORMAT[self.detector.colour]).to_ndarray()
+        faces = self._pick(self.detector.detect(small, scale))
+        if not faces:
+            return []
+        return self._cut(frame.to_ndarray(format="rgb24"), faces)
+
+    def crops_rgb(self, rgb: np.ndarray) -> list[Crop]:
+        """Crops of one uint8 [H, W, 3] RGB (or [H, W] grayscale) frame (the trainer's and tests' entry point)."""
+        if rgb.ndim == 2:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+        h, w = rgb.shape[:2]
+        if self.detector is None:
+            img = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
+            return [Crop(img, [0, 0, w, h], None, [0, 0, w, h])]
+        sw, sh, scale = self._small_size(w, h)
+        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA) if (sw, sh) != (w, h) else rgb
+        if self.detector.colour in _FROM_RGB:
+            small = cv2.cvtColor(small, _FROM_RGB[self.detector.colour])
+        faces = self._pick(self.detector.detect(np.ascontiguousarray(small), scale))
+        return self._cut(rgb, faces) if faces else []
+
+    def _small_size(self, w: int, h: int) -> tuple[int, int, float]:
+        fit = self.detector.fit if self.detector is not None else None
+        if fit is not None:  # longest side to the detector's input side, never upscaled
+            scale = max(1.0, max(w, h) / fit)
+            return max(1, round(w / scale)), max(1, round(h / scale)), scale
+        dw = min(self.settings.detect_width, w)
+        scale = w / dw
+        return dw, max(1, round(h / scale)), scale
+
+    def _pick(self, faces: list[Face]) -> list[Face]:
+        # Largest faces first: with a cap on faces per frame, the main subject wins.
+        faces = sorted(faces, key=Face.area, reverse=True)
+        return [f for f in faces if f.area() >= 1.0][: self.settings.max_faces]
+
+    def _cut(self, rgb: np.ndarray, faces: list[Face]) -> list[Crop]:
+        h, w = rgb.shape[:2]
+        if self.refiner is not None:
+            faces = [self.refiner.refine(rgb, f) for f in faces]
+        boxes = [f.int_box() for f in faces]
+        tracks = self.tracker.assign(boxes)
+        out = []
+        for face, box, track in zip(faces, boxes, tracks):
+            x0, y0, x1, y1 = square_region(box, w, h, self.settings.margin)
+            patch = rgb[y0:y1, x0:x1]
+            interp = cv2.INTER_AREA if patch.shape[0] > self.size else cv2.INTER_LINEAR
+            img = cv2.resize(patch, (self.size, self.size), interpolation=interp)
+            box_clamped = [max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])]
+            out.append(Crop(img, box_clamped, track, [x0, y0, x1, y1], face.landmarks, face))
+        return out
