@@ -251,6 +251,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         arch=args.arch,
         augment=args.augment,
         crop_size=args.crop_size,
+        train_frames=args.train_frames,
+        eval_subset=args.eval_subset,
         gen_weight=args.gen_weight,
         lr=args.lr if args.lr is not None else (2e-4 if args.arch == "dcgan" else 1e-3),
         adv_lr=args.lr / 2 if args.lr is not None else (1e-4 if args.arch == "dcgan" else 5e-4),
@@ -285,6 +287,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             "standard_pgd_success": {k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()},
             "ood_detection": out["metrics"]["ood_detection"],
             "anomaly_on_pgd": adv.get("anomaly_on_pgd"),
+            "skipped_videos": out["manifest"].get("provenance", {}).get("skipped_videos"),
             "trained_on": out["manifest"].get("provenance"),
         }
         print(json.dumps(summary, indent=1))
@@ -509,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--augment", choices=["basic", "strong"], default="basic",
                    help="strong: + JPEG, resize, blur, colour, cut-out")
     s.add_argument("--crop-size", type=int, help="cache crops at this size (default --size); e.g. 256 to share one cache")
+    s.add_argument("--train-frames", type=int, default=0, help="at most this many crops per training video (0: all)")
+    s.add_argument("--eval-subset", type=int, default=256, help="crops attacked per epoch and at the end (PGD curves)")
     s.add_argument("--gen-weight", type=float, default=0.1, help="weight of DCGAN generator samples among fakes (0: off)")
     s.add_argument("--lr", type=float, help="learning rate (default 2e-4 dcgan, 1e-3 resnet; half in the adversarial phase)")
     s.add_argument("--pgd-steps", type=int, default=5, help="PGD steps per adversarial training example")

@@ -44,6 +44,6 @@ def summary(provenance: dict[str, Any] | None) -> str:
     crops = provenance.get("crops", {}).get("train", {})
     sources = " + ".join(provenance.get("sources", [])) or "-"
     n_videos = int(videos.get("real", 0)) + int(videos.get("fake", 0))
-    n_crops = int(crops.get("real", 0)) + int(crops.get("fake", 0))
+    n_crops = int(crops.get("real", 0)) + int(crops.get("fake", 0)) + int(crops.get("self_blended", 0))
     return (f"{provenance.get('data')} video ({sources}), {n_videos} videos, {n_crops} crops, "
             f"{provenance.get('input_size')} px {provenance.get('architecture', 'dcgan')}")  # fmt: skip

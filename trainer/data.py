@@ -151,7 +151,7 @@ class CropConfig:
     size: int = 64
     frames_per_video: int = 32
     margin: float = 1 / 3
-    detector: str = "haar"
+    detector: str = "blazeface"  # as served (FaceSettings' default): crops framed as the detect worker frames them
     detect_width: int = 640
     max_faces: int = 1
 
@@ -188,7 +188,7 @@ def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
         detector=cfg.detector, margin=cfg.margin, detect_width=cfg.detect_width, max_faces=cfg.max_faces
     )
     cropper = build_cropper(faces, cfg.size)
-    images, frames, tracks, boxes, marks = [], [], [], [], []
+    images, frames, tracks, boxes, marks, outline = [], [], [], [], [], []
     last = max(wanted) if wanted else None
     for df in decode_file(video.path, limits, FrameSampler("every_nth", every_nth=1)):
         if wanted is not None and df.index not in wanted:
@@ -200,8 +200,11 @@ def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
             frames.append(df.index)
             tracks.append(-1 if crop.track is None else crop.track)
             boxes.append(to_crop_coords(np.asarray(crop.box, np.float32).reshape(2, 2), crop.region, cfg.size).ravel())
-            lm = getattr(crop, "landmarks", None)
+            lm = crop.landmarks
             marks.append(None if lm is None else to_crop_coords(np.asarray(lm, np.float32).reshape(-1, 2), crop.region, cfg.size))
+            mesh = crop.face.mesh if crop.face is not None else None
+            outline.append(np.full((len(FACE_OVAL), 2), np.nan, np.float32) if mesh is None
+                           else to_crop_coords(np.asarray(mesh, np.float32)[list(FACE_OVAL)], crop.region, cfg.size))  # fmt: skip
     out = {
         "images": np.stack(images) if images else np.zeros((0, cfg.size, cfg.size, 3), np.uint8),
         "frame_index": np.asarray(frames, np.int32),
@@ -210,7 +213,15 @@ def extract_crops(video: Video, cfg: CropConfig) -> dict[str, np.ndarray]:
     }
     if marks and all(m is not None for m in marks) and len({m.shape for m in marks}) == 1:
         out["landmarks"] = np.stack(marks).astype(np.float32)
+    if outline and any(np.isfinite(o).all() for o in outline):
+        out["outline"] = np.stack(outline).astype(np.float32)
     return out
+
+
+# MediaPipe face-mesh indices of the face oval (forehead, temples, jaw, chin), clockwise: the
+# outline self-blended fakes take their mask from, like SBI's 81-landmark hull.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)  # fmt: skip
 
 
 def to_crop_coords(points: np.ndarray, region, size: int) -> np.ndarray:
@@ -286,7 +297,7 @@ class CropCache:
         so one cache at the largest size serves smaller models.
         """
         s = size or self.cfg.size
-        images, labels, vid, frames, boxes, marks = [], [], [], [], [], []
+        images, labels, vid, frames, boxes, marks, outlines = [], [], [], [], [], [], []
         kept: list[Video] = []
         for v in videos:
             path = self.shard(v)
@@ -297,12 +308,14 @@ class CropCache:
                 fi = z["frame_index"]
                 box = z["box"] if "box" in z.files else np.full((len(imgs), 4), np.nan, np.float32)
                 lm = z["landmarks"] if "landmarks" in z.files else None
+                ol = z["outline"] if "outline" in z.files else np.full((len(imgs), len(FACE_OVAL), 2), np.nan, np.float32)
             if not len(imgs):
                 continue
             if s != self.cfg.size:
                 imgs = resize_crops(imgs, s)
                 box = box * (s / self.cfg.size)
                 lm = None if lm is None else lm * (s / self.cfg.size)
+                ol = ol * (s / self.cfg.size)
             vi = len(kept)
             kept.append(v)
             images.append(imgs)
@@ -311,6 +324,7 @@ class CropCache:
             frames.append(fi.astype(np.int64))
             boxes.append(box.astype(np.float32))
             marks.append(lm)
+            outlines.append(ol.astype(np.float32))
         n_points = {m.shape[1] for m in marks if m is not None}
         landmarks = None
         if len(n_points) == 1:  # NaN rows for crops whose video was cached without landmarks
@@ -325,7 +339,13 @@ class CropCache:
             videos=kept,
             boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
             landmarks=landmarks,
+            outline=np.concatenate(outlines) if outlines else None,
         )
+
+    def skipped(self, videos: Iterable[Video]) -> dict[str, str]:
+        """Every cached video that gives no crops, with why: its decode failure, or ``no face found``."""
+        videos = list(videos)
+        return {**self.failures(videos), **{name: "no face found" for name in self.faceless(videos)}}
 
     def faceless(self, videos: Iterable[Video]) -> list[str]:
         """Names of cached videos in which no face was found (they contribute no crops)."""
@@ -357,6 +377,41 @@ class CropSet:
     videos: list[Video]
     boxes: np.ndarray | None = None  # float32 [N, 4], the detected face box in crop pixels (x0, y0, x1, y1); NaN if unknown
     landmarks: np.ndarray | None = None  # float32 [N, P, 2], face landmarks in crop pixels (x, y); NaN rows if unknown
+    outline: np.ndarray | None = None  # float32 [N, 36, 2], face-mesh oval (FACE_OVAL) in crop pixels; NaN rows if unknown
+    blended: np.ndarray | None = None  # bool [N], True for self-blended fakes made from the set's reals (None: none)
+
+    def is_blended(self) -> np.ndarray:
+        """bool [N]: which crops are self-blended fakes (trainer/sbi.py), not crops of a video."""
+        return np.zeros(len(self), bool) if self.blended is None else self.blended
+
+    def blend_points(self) -> np.ndarray | None:
+        """float32 [N, P, 2]: per crop, the points a self-blend mask is built from (outline, else landmarks; NaN: none)."""
+        if self.outline is None and self.landmarks is None:
+            return None
+        n = len(self)
+        out = np.full((n, len(FACE_OVAL), 2), np.nan, np.float32)
+        if self.landmarks is not None:
+            out[:, : self.landmarks.shape[1]] = self.landmarks
+        if self.outline is not None:
+            has = np.isfinite(self.outline).all(axis=(1, 2))
+            out[has] = self.outline[has]
+        return out
+
+    def thin(self, per_video: int) -> "CropSet":
+        """At most ``per_video`` crops of each video, evenly spread over its crops (all when 0)."""
+        if per_video <= 0:
+            return self
+        keep = np.zeros(len(self), bool)
+        for v in np.unique(self.video):
+            idx = np.where(self.video == v)[0]
+            keep[idx[sorted(evenly_spaced(len(idx), per_video))]] = True
+        return self.subset(keep)
+
+    def subset(self, keep: np.ndarray) -> "CropSet":
+        """The crops where ``keep`` (bool [N]) is True; ``videos`` unchanged."""
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        return CropSet(self.images[keep], self.labels[keep], self.video[keep], self.frame_index[keep], self.videos,
+                       pick(self.boxes), pick(self.landmarks), pick(self.outline), pick(self.blended))  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

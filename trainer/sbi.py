@@ -12,9 +12,9 @@ Steps for one crop (uint8 [S,S,3] RGB, landmarks float32 [P,2] in crop pixels, P
 1. source = a copy changed with torchvision v2 transforms: colour (brightness, contrast,
    saturation, hue), then one of sharpen / blur / down-and-up resize, then a slight affine
    (translation up to 3 %, scale 0.95..1.05);
-2. mask = the landmarks' convex hull, scaled about its centre by 1.15..1.5 (5-6 landmarks mark the
-   inner face only), deformed with ``v2.functional.elastic`` (a smooth random field), blurred with ``v2.GaussianBlur`` and
-   scaled by a blend ratio (0.25..1); clipped to the hull scaled by 1.5 and dilated by
+2. mask = the points' convex hull, scaled about its centre (by 0.85..1.05 for a face outline such as
+   the face mesh's oval, by 1.15..1.5 for 5 inner-face landmarks), deformed with ``v2.functional.elastic`` (a smooth random field), blurred with ``v2.GaussianBlur`` and
+   scaled by a blend ratio (0.25..1); clipped to the hull at its largest scale, dilated by
    ``MASK_REACH`` x S, so the mask never leaves the face's neighbourhood;
 3. fake = target + mask x (source - target), target being the untouched crop: outside the mask
    the fake is the real crop, bit for bit.
@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-HULL_SCALE = (1.15, 1.5)
+HULL_SCALE = (1.15, 1.5)  # for a few inner-face landmarks (eyes, nose, mouth): the hull must grow to cover the face
+OUTLINE_SCALE = (0.85, 1.05)  # for a face outline (the face mesh's oval): the hull already is the face
+OUTLINE_POINTS = 12  # this many points or more are an outline
 MASK_REACH = 0.08  # the mask may leave the scaled hull by at most this share of the crop side
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 
@@ -63,9 +65,15 @@ def hull_mask(landmarks: np.ndarray, size: int, scale: float = 1.0, dilate_px: i
     return mask.astype(np.float32)
 
 
+def scale_range(landmarks: np.ndarray) -> tuple[float, float]:
+    """How much the hull of these points is scaled: an outline stays near its size, inner landmarks grow."""
+    n = int(np.isfinite(np.asarray(landmarks, np.float64).reshape(-1, 2)).all(1).sum())
+    return OUTLINE_SCALE if n >= OUTLINE_POINTS else HULL_SCALE
+
+
 def mask_bound(landmarks: np.ndarray, size: int) -> np.ndarray:
     """float32 [size,size] in {0,1}: where a self-blend mask may be non-zero (the largest hull, dilated)."""
-    return hull_mask(landmarks, size, HULL_SCALE[1], int(np.ceil(MASK_REACH * size)))
+    return hull_mask(landmarks, size, scale_range(landmarks)[1], int(np.ceil(MASK_REACH * size)))
 
 
 def _source_transform(size: int, rng: np.random.Generator):
@@ -116,7 +124,7 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray | None, seed: int) -> tu
         torch.manual_seed(int(rng.integers(2**31)))
         target = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         source = _source_transform(size, rng)(target)
-        base = hull_mask(landmarks, size, float(rng.uniform(*HULL_SCALE)))
+        base = hull_mask(landmarks, size, float(rng.uniform(*scale_range(landmarks))))
         mask = v2.functional.elastic(torch.from_numpy(base)[None], _smooth_displacement(size, rng))
         k = int(rng.choice([5, 9, 13, 17])) * size // 128 | 1
         mask = v2.functional.gaussian_blur(mask, [k, k], [k / 4, k / 4])[0].numpy()
@@ -152,59 +160,54 @@ def blendable(landmarks: np.ndarray | None, n: int, size: int) -> np.ndarray:
 def self_blended_set(crops, seed: int):
     """A fixed set of self-blended fakes of a CropSet's REAL crops, for validation and test.
 
-    Returns (CropSet of reals + their fakes, BlendStats). Each fake is a crop of a pseudo-video
-    ``<name>#sbi`` labelled FAKE, in the same split group as its real video, so per-video scores
-    and thresholds work as on labelled data.
+    Returns (CropSet of the reals + their fakes, BlendStats). The fakes of a video are the crops of a
+    pseudo-video ``<name>#sbi`` labelled FAKE, in the same split group as the real video, so per-video
+    scores and thresholds work as on labelled data. Points come from ``CropSet.blend_points``.
     """
     from trainer.data import FAKE, REAL, CropSet, Video
 
-    size = int(crops.images.shape[1]) if len(crops) else 0
-    real = np.where(crops.labels == REAL)[0]
-    ok = blendable(None if crops.landmarks is None else crops.landmarks[real], len(real), size)
+    reals = crops.subset(crops.labels == REAL)
+    size = int(reals.images.shape[1]) if len(reals) else 0
+    points = reals.blend_points()
+    ok = blendable(points, len(reals), size)
     stats = BlendStats(no_landmarks=int((~ok).sum()))
     videos = list(crops.videos)
     fake_vid: dict[int, int] = {}
-    images, labels, vid, frames, boxes, marks = [], [], [], [], [], []
-    for i in real[ok]:
-        out = self_blend(crops.images[i], crops.landmarks[i], blend_seed(seed, int(i)))
-        if out is None:  # unreachable after blendable(); kept as a guard
-            stats.no_landmarks += 1
-            continue
-        v = int(crops.video[i])
+    images, vid = [], []
+    for i in np.where(ok)[0]:
+        fake, _ = self_blend(reals.images[i], points[i], blend_seed(seed, int(i)))
+        v = int(reals.video[i])
         if v not in fake_vid:
             orig = crops.videos[v]
             fake_vid[v] = len(videos)
             videos.append(Video(orig.path.with_name(orig.path.name + "#sbi"), FAKE, orig.group, orig.name))
-        images.append(out[0])
-        labels.append(FAKE)
+        images.append(fake)
         vid.append(fake_vid[v])
-        frames.append(int(crops.frame_index[i]))
-        boxes.append(crops.boxes[i] if crops.boxes is not None else np.full(4, np.nan, np.float32))
-        marks.append(crops.landmarks[i])
         stats.blended += 1
-    keep = crops.labels == REAL
+    reals.videos = videos
     if not images:
-        sub = CropSet(crops.images[keep], crops.labels[keep], crops.video[keep], crops.frame_index[keep], videos,
-                      None if crops.boxes is None else crops.boxes[keep],
-                      None if crops.landmarks is None else crops.landmarks[keep])  # fmt: skip
-        return sub, stats
+        return reals, stats
+    src = reals.subset(ok)
+    both = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
     return CropSet(
-        images=np.concatenate([crops.images[keep], np.stack(images)]),
-        labels=np.concatenate([crops.labels[keep], np.asarray(labels, np.int64)]),
-        video=np.concatenate([crops.video[keep], np.asarray(vid, np.int64)]),
-        frame_index=np.concatenate([crops.frame_index[keep], np.asarray(frames, np.int64)]),
+        images=np.concatenate([reals.images, np.stack(images)]),
+        labels=np.concatenate([reals.labels, np.full(len(images), FAKE, np.int64)]),
+        video=np.concatenate([reals.video, np.asarray(vid, np.int64)]),
+        frame_index=both(reals.frame_index, src.frame_index),
         videos=videos,
-        boxes=np.concatenate([crops.boxes[keep], np.stack(boxes)]) if crops.boxes is not None else None,
-        landmarks=np.concatenate([crops.landmarks[keep], np.stack(marks)]),
+        boxes=both(reals.boxes, src.boxes),
+        landmarks=both(reals.landmarks, src.landmarks),
+        outline=both(reals.outline, src.outline),
+        blended=np.concatenate([reals.is_blended(), np.ones(len(images), bool)]),
     ), stats
 
 
 def self_blended_dataset(crops, transform, seed: int, *, labelled: bool = False):
     """A torch Dataset: every REAL crop (label 0) and, per blendable REAL crop, a fresh self-blended fake (label 1).
 
-    With ``labelled``, the set's FAKE crops are served too (label 1). Fakes change every epoch
+    With ``labelled``, the set's FAKE crops of videos are served too (label 1). Fakes change every epoch
     (``set_epoch``) and are the same for the same (seed, epoch, index). Items: (float32 [3,S,S], float32 label).
-    ``stats`` counts crops without usable landmarks.
+    ``stats`` counts REAL crops without usable landmarks (served as reals only).
     """
     import torch
     from torch.utils.data import Dataset
@@ -213,19 +216,19 @@ def self_blended_dataset(crops, transform, seed: int, *, labelled: bool = False)
 
     size = int(crops.images.shape[1])
     real = np.where(crops.labels == REAL)[0]
-    ok = blendable(None if crops.landmarks is None else crops.landmarks[real], len(real), size)
+    points = crops.blend_points()
+    ok = blendable(None if points is None else points[real], len(real), size)
     sources = real[ok]
-    served = np.where(crops.labels == FAKE)[0] if labelled else np.zeros(0, np.int64)
-    stats = BlendStats(no_landmarks=int((~ok).sum()))
+    # The set's own fixed self-blended fakes (for the scorer's fit) are never served: fresh ones are.
+    served = np.where((crops.labels == FAKE) & ~crops.is_blended())[0] if labelled else np.zeros(0, np.int64)
 
     class _SelfBlended(Dataset):
         def __init__(self):
             self.images = torch.from_numpy(crops.images).permute(0, 3, 1, 2)  # uint8 NCHW view
             self.epoch = 0
-            self.stats = stats
+            self.stats = BlendStats(blended=len(sources), no_landmarks=int((~ok).sum()))
             self.order = np.concatenate([real, served, sources]).astype(np.int64)
             self.n_plain = len(real) + len(served)
-            self.labels = np.concatenate([np.zeros(len(real)), np.ones(len(served)), np.ones(len(sources))]).astype(np.float32)
 
         def set_epoch(self, epoch: int) -> None:
             self.epoch = int(epoch)
@@ -236,8 +239,8 @@ def self_blended_dataset(crops, transform, seed: int, *, labelled: bool = False)
         def __getitem__(self, k):
             i = int(self.order[k])
             if k < self.n_plain:
-                return transform(self.images[i]), torch.tensor(self.labels[k])
-            fake, _ = self_blend(crops.images[i], crops.landmarks[i], blend_seed(seed, self.epoch, i))
+                return transform(self.images[i]), torch.tensor(float(crops.labels[i]))
+            fake, _ = self_blend(crops.images[i], points[i], blend_seed(seed, self.epoch, i))
             return transform(torch.from_numpy(fake).permute(2, 0, 1)), torch.tensor(1.0)
 
     return _SelfBlended()

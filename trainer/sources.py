@@ -38,6 +38,7 @@ from trainer.data import (
 from trainer.sbi import BlendStats, self_blended_set
 
 FAKE_SOURCES = ("labelled", "self-blended", "both")
+BLEND_SEEDS = {"train": 7, "val": 11, "test": 13}  # offsets from the run seed for fixed self-blended sets
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".ts")
 
 
@@ -72,10 +73,11 @@ class RunData:
     blend: dict[str, BlendStats] = field(default_factory=dict)
 
 
-def load_run_data(cfg, cache: CropCache, *, build: bool = True) -> RunData:
-    """Read, split (by group across all folders), cache and assemble the crops of a run.
+def load_run_data(cfg, cache: CropCache, *, build: bool = True, videos_only: bool = False):
+    """Read, split (by group across all folders), cache and assemble the crops of a run: a RunData.
 
     ``cfg`` is a ``TrainConfig``; crops come out at ``cfg.image_size`` whatever size the cache holds.
+    ``videos_only``: return the list of videos the run reads, and stop there.
     """
     log = get_logger()
     if cfg.fakes not in FAKE_SOURCES:
@@ -87,19 +89,23 @@ def load_run_data(cfg, cache: CropCache, *, build: bool = True) -> RunData:
     fakes = cfg.fakes if labelled else "self-blended"
     seen = {str(v.path.resolve()) for v in labelled}
     videos = labelled + [v for v in extra_real if str(v.path.resolve()) not in seen]
+    if videos_only:
+        return videos
     splits = split_by_group(videos, val=cfg.val_share, test=cfg.test_share, seed=cfg.seed)
     if build:
         counts = cache.build(videos, workers=cfg.workers, progress=cfg.progress)
         log.info("face crops ready", **counts)
-    failed = cache.failures(videos)
-    failed.update({name: "no face found" for name in cache.faceless(videos)})
+    failed = cache.skipped(videos)
     crops = {k: cache.load(v, size=cfg.image_size) for k, v in splits.items()}
+    crops["train"] = crops["train"].thin(cfg.train_frames)
     blend: dict[str, BlendStats] = {}
     if fakes == "self-blended":
-        for k in ("train", "val"):
-            crops[k] = _reals(crops[k])
-        for k in ("val",) + (("test",) if not (crops["test"].labels == FAKE).any() else ()):
-            crops[k], blend[k] = self_blended_set(_reals(crops[k]), seed=cfg.seed + {"val": 11, "test": 13}[k])
+        for k in ("train", "val") + (("test",) if not (crops["test"].labels == FAKE).any() else ()):
+            crops[k], blend[k] = self_blended_set(_reals(crops[k]), seed=cfg.seed + BLEND_SEEDS[k])
+    elif fakes == "both":
+        # Fixed fakes beside the labelled ones: the scorer and defence fit on them; training makes fresh ones.
+        blended, blend["train"] = self_blended_set(crops["train"], seed=cfg.seed + BLEND_SEEDS["train"])
+        crops["train"] = _concat(crops["train"], blended.subset(blended.is_blended()))
     for name in ("val", "test"):
         cs = crops[name]
         if len(cs) == 0 or len(np.unique(cs.labels)) < 2:
@@ -112,11 +118,28 @@ def load_run_data(cfg, cache: CropCache, *, build: bool = True) -> RunData:
     return RunData(crops, failed, provenance, blend)
 
 
+def skip_reasons(failed: dict[str, str]) -> dict[str, int]:
+    """How many videos were skipped for each kind of reason (``x.mp4: truncated: ...`` counts as ``truncated``)."""
+    kinds: dict[str, int] = {}
+    for reason in failed.values():
+        text = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith(VIDEO_SUFFIXES) else reason
+        kind = text.split(":")[0].split(" (")[0].strip()
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
 def _reals(cs: CropSet) -> CropSet:
-    keep = cs.labels == REAL
-    return CropSet(cs.images[keep], cs.labels[keep], cs.video[keep], cs.frame_index[keep], cs.videos,
-                   None if cs.boxes is None else cs.boxes[keep],
-                   None if cs.landmarks is None else cs.landmarks[keep])  # fmt: skip
+    return cs.subset(cs.labels == REAL)
+
+
+def _concat(a: CropSet, b: CropSet) -> CropSet:
+    """Crops of ``a`` then of ``b``, where ``b`` indexes the same (or a longer) ``videos`` list."""
+    cat = lambda x, y: None if x is None or y is None else np.concatenate([x, y])  # noqa: E731
+    return CropSet(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
+                   np.concatenate([a.video, b.video]), np.concatenate([a.frame_index, b.frame_index]),
+                   b.videos if len(b.videos) >= len(a.videos) else a.videos, cat(a.boxes, b.boxes),
+                   cat(a.landmarks, b.landmarks), cat(a.outline, b.outline),
+                   np.concatenate([a.is_blended(), b.is_blended()]))  # fmt: skip
 
 
 def describe(videos, splits, crops, fakes: str, cfg, failed, blend) -> dict[str, Any]:
@@ -125,7 +148,7 @@ def describe(videos, splits, crops, fakes: str, cfg, failed, blend) -> dict[str,
     synthetic = bool(train_videos) and all(is_synthetic(v) for v in train_videos)
     train = crops["train"]
     sources = []
-    if fakes in ("labelled", "both") and (train.labels == FAKE).any():
+    if fakes in ("labelled", "both") and ((train.labels == FAKE) & ~train.is_blended()).any():
         sources.append("synthetic" if synthetic else "real labelled")
     if fakes in ("self-blended", "both"):
         sources.append("self-blended")
@@ -135,7 +158,8 @@ def describe(videos, splits, crops, fakes: str, cfg, failed, blend) -> dict[str,
 
     size = int(train.images.shape[1]) if len(train) else cfg.image_size
     real_idx = np.where(train.labels == REAL)[0]
-    n_blendable = int(blendable(None if train.landmarks is None else train.landmarks[real_idx], len(real_idx), size).sum())
+    points = train.blend_points()
+    n_blendable = int(blendable(None if points is None else points[real_idx], len(real_idx), size).sum())
     return {
         "data": "synthetic" if synthetic else "real",
         "fakes": fakes,
@@ -145,12 +169,13 @@ def describe(videos, splits, crops, fakes: str, cfg, failed, blend) -> dict[str,
         "videos": {k: {"real": int(sum(v.label == REAL for v in cs.videos if "#sbi" not in v.name)),
                        "fake": int(sum(v.label == FAKE for v in cs.videos if "#sbi" not in v.name))}
                    for k, cs in crops.items()},  # fmt: skip
-        "crops": {k: {"real": int((cs.labels == REAL).sum()), "fake": int((cs.labels == FAKE).sum())}
+        "crops": {k: {"real": int((cs.labels == REAL).sum()), "fake": int(((cs.labels == FAKE) & ~cs.is_blended()).sum()),
+                      "self_blended": int(cs.is_blended().sum())}
                   for k, cs in crops.items()},  # fmt: skip
         "self_blended": {"train_sources": n_blendable if "self-blended" in sources else 0,
                          "no_landmarks": int(len(real_idx) - n_blendable) if "self-blended" in sources else 0,
                          **{k: {"blended": b.blended, "no_landmarks": b.no_landmarks} for k, b in blend.items()}},  # fmt: skip
-        "skipped_videos": len(failed),
+        "skipped_videos": {"count": len(failed), "reasons": skip_reasons(failed)},
         "roots": [str(p) for p in cfg.data],
         "real_only_roots": [str(p) for p in cfg.real_only],
     }

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +101,7 @@ class TrainConfig:
     fakes: str = "labelled"  # labelled | self-blended | both (trainer/sources.py)
     real_only: list[str] = field(default_factory=list)  # folders of real footage (every video REAL)
     augment: str = "basic"  # basic (flip, affine) | strong (+ compression, resize, colour, cut-out)
+    train_frames: int = 0  # use at most this many crops per training video (0: all cached)
     crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
 
 
@@ -232,16 +232,16 @@ class Trainer:
         cfg = self.cfg
         t0 = time.monotonic()
         cache = CropCache(cfg.cache_dir, CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video))
-        if self.dist.main:
-            load_run_data(cfg, cache)  # extracts the crops once, on rank 0
-        self.dist.barrier()
-        run_data = load_run_data(cfg, cache, build=False)
+        if self.dist.on:
+            if self.dist.main:
+                cache.build(load_run_data(cfg, cache, videos_only=True), workers=cfg.workers, progress=cfg.progress)
+            self.dist.barrier()  # crops are extracted once, on rank 0
+        run_data = load_run_data(cfg, cache, build=not self.dist.on)
         self.failed_videos = run_data.failed
         self.provenance = run_data.provenance
         self.crops: dict[str, CropSet] = run_data.crops
         if self.failed_videos:
-            self.log.warning("videos skipped", count=len(self.failed_videos),
-                             reasons=dict(Counter(_reason_kind(r) for r in self.failed_videos.values())))  # fmt: skip
+            self.log.warning("videos skipped", **self.provenance["skipped_videos"])
         self.fingerprint = self.crops["train"].fingerprint()
         self.timings["data_s"] = time.monotonic() - t0
         self.log.info(
@@ -265,7 +265,7 @@ class Trainer:
         transform = training_transform(cfg.image_size, strong=cfg.augment == "strong")
         if self.provenance["fakes"] in ("self-blended", "both"):
             ds = self_blended_dataset(self.crops["train"], transform, cfg.seed, labelled=self.provenance["fakes"] == "both")
-            if len(ds) == len(self.crops["train"]):
+            if ds.stats.blended == 0:
                 raise DatasetError("self-blended fakes need face landmarks and no train crop has any: "
                                    "see README, 'Training for real video'")  # fmt: skip
         else:
@@ -371,7 +371,9 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             n = x.shape[0]
             weights = torch.ones(n, device=self.device)
-            if phase == "gan" and use_gen:
+            if phase == "gan" and not use_gen:  # clean epochs without generator samples
+                xs, ys = x, y
+            elif phase == "gan":
                 z = torch.randn(max(1, n // 8), self.G.latent_dim,
                                 device=self.device)  # fmt: skip
                 with torch.no_grad():
@@ -562,6 +564,8 @@ class Trainer:
         if video_thr is not None:
             out["video_accuracy"] = float(((vp > video_thr) == (vl == 1)).mean())
         fakes = np.where((y == 1) & (probs > frame_thr))[0]
+        # A fixed subset: PGD at four radii on every detected fake is hours on a CPU for real-video test sets.
+        fakes = np.sort(np.random.default_rng(cfg.seed).permutation(fakes)[: cfg.eval_subset])
         out["pgd"] = {}
         for eps in EPS_REPORT:
             if not len(fakes):
@@ -674,12 +678,6 @@ def export_onnx(D: Discriminator, path: Path, sample: torch.Tensor) -> dict:
     from trainer.export import export_discriminator
 
     return export_discriminator(D, path, sample)
-
-
-def _reason_kind(reason: str) -> str:
-    """A skip reason without the file name: ``x.mp4: truncated: ...`` -> ``truncated``."""
-    text = reason.split(": ", 1)[1] if ": " in reason else reason
-    return text.split(":")[0].split(" (")[0].strip()
 
 
 def _bar(total: int, desc: str, enabled: bool, unit: str):
