@@ -123,6 +123,7 @@ def real_only_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a training run; minutes on an idle 2-core machine
 def test_real_only_training_separates_held_out_self_blended_fakes(real_only_run):
     art = Registry(real_only_run["models"]).load()
     prov = art.manifest["provenance"]
@@ -138,6 +139,7 @@ def test_real_only_training_separates_held_out_self_blended_fakes(real_only_run)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a training run; minutes on an idle 2-core machine
 def test_manifest_provenance_round_trips_to_models_list_scan_and_alerts(real_only_run, trained, tmp_path):
     from forensics.cli import format_alert
     from forensics.config import Settings
@@ -174,6 +176,7 @@ def test_manifest_provenance_round_trips_to_models_list_scan_and_alerts(real_onl
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a training run; minutes on an idle 2-core machine
 def test_256_px_model_trains_exports_and_serves(tmp_path, small_dataset):
     from forensics.config import Settings
     from forensics.model import load_model

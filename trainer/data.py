@@ -246,8 +246,9 @@ def _extract_to_shard(video: Video, cfg: CropConfig, shard: Path) -> tuple[str, 
 class CropCache:
     """Face crops per video on disk (one ``.npz`` shard each), resumable and shared between runs."""
 
-    def __init__(self, root: str | Path, cfg: CropConfig):
+    def __init__(self, root: str | Path, cfg: CropConfig, *, out_size: int | None = None):
         self.cfg = cfg
+        self.out_size = out_size  # default size of loaded crops (None: as cached)
         self.dir = Path(root) / cfg.key()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -296,7 +297,7 @@ class CropCache:
         ``size``: resize the crops (and their boxes and landmarks) to ``size`` x ``size`` (default: as cached),
         so one cache at the largest size serves smaller models.
         """
-        s = size or self.cfg.size
+        s = size or self.out_size or self.cfg.size
         images, labels, vid, frames, boxes, marks, outlines = [], [], [], [], [], [], []
         kept: list[Video] = []
         for v in videos:
@@ -507,9 +508,10 @@ def as_float_tensor(images: np.ndarray):
 
 
 def recipe_cache(cache_dir: str | Path, config: dict) -> CropCache:
-    """The crop cache a recipe trained from: same crop size and frames per video."""
-    return CropCache(cache_dir, CropConfig(size=int(config.get("image_size", 64)),
-                                           frames_per_video=int(config.get("frames_per_video", 16))))  # fmt: skip
+    """The crop cache a recipe trained from (same cached size and frames per video), loading at its input size."""
+    size = int(config.get("image_size", 64))
+    return CropCache(cache_dir, CropConfig(size=int(config.get("crop_size") or size),
+                                           frames_per_video=int(config.get("frames_per_video", 16))), out_size=size)  # fmt: skip
 
 
 def recipe_splits(videos: Sequence[Video], config: dict) -> dict[str, list[Video]]:

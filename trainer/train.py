@@ -231,7 +231,8 @@ class Trainer:
     def load_data(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        cache = CropCache(cfg.cache_dir, CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video))
+        self.crop_cfg = CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video)
+        cache = CropCache(cfg.cache_dir, self.crop_cfg)
         if self.dist.on:
             if self.dist.main:
                 cache.build(load_run_data(cfg, cache, videos_only=True), workers=cfg.workers, progress=cfg.progress)
@@ -630,7 +631,7 @@ class Trainer:
                 "preprocessing": {
                     "input": "float32 [N,3,S,S] RGB in [0,1]",
                     "normalization": "inside the model: (x - 0.5) / 0.5",
-                    "crop": {"detector": "haar", "margin": 1 / 3, "square": True},
+                    "crop": {"detector": self.crop_cfg.detector, "margin": self.crop_cfg.margin, "square": True},
                 },
                 "outputs": WithChannelStats(D).output_names(),
                 "feature_dims": list(D.feature_dims),
