@@ -99,7 +99,14 @@ class FaceSettings(_Section):
     max_faces: int = Field(4, ge=1, description="Most faces kept per frame (largest first).")
     min_face: int = Field(40, ge=8, description="Smallest face side searched for, in full-resolution pixels.")
     iou_match: float = Field(0.3, gt=0, lt=1, description="IoU above which a box continues a track.")
-    min_score: float = Field(0.5, gt=0, lt=1, description="blazeface: lowest detection score kept.")
+    min_score: float = Field(0.5, gt=0, lt=1, description="blazeface: lowest detection score that starts a track.")
+    continue_score: float = Field(
+        0.3, gt=0, lt=1, description="blazeface: lowest score that continues an existing track (ByteTrack's low stage)."
+    )
+    max_missed: int = Field(5, ge=0, description="Sampled frames a face track coasts without a detection.")
+    max_jump: float = Field(
+        1.0, ge=0, description="Largest move between sampled frames, in face sizes, that continues a track."
+    )
 
 
 class LiveSourceSettings(_Section):

@@ -14,7 +14,7 @@ import numpy as np
 from forensics.config import FaceSettings
 from forensics.faces.detectors import Face, FaceDetector
 from forensics.faces.geometry import square_region
-from forensics.faces.tracking import IouTracker
+from forensics.faces.tracking import FaceTracker, appearance
 
 _PYAV_FORMAT = {"gray": "gray", "bgr": "bgr24", "rgb": "rgb24"}
 _FROM_RGB = {"gray": cv2.COLOR_RGB2GRAY, "bgr": cv2.COLOR_RGB2BGR}
@@ -45,7 +45,9 @@ class FaceCropper:
         self.size = size
         self.detector = detector
         self.refiner = refiner
-        self.tracker = IouTracker(settings.iou_match)
+        self.tracker = FaceTracker(
+            settings.iou_match, settings.max_missed, settings.max_jump, new_score=settings.min_score
+        )
 
     def reset(self) -> None:
         """Forget tracks: call at the start of each file."""
@@ -97,14 +99,20 @@ class FaceCropper:
         h, w = rgb.shape[:2]
         if self.refiner is not None:
             faces = [self.refiner.refine(rgb, f) for f in faces]
-        boxes = [f.int_box() for f in faces]
-        tracks = self.tracker.assign(boxes)
         out = []
-        for face, box, track in zip(faces, boxes, tracks):
+        for face in faces:
+            box = face.int_box()
             x0, y0, x1, y1 = square_region(box, w, h, self.settings.margin)
             patch = rgb[y0:y1, x0:x1]
             interp = cv2.INTER_AREA if patch.shape[0] > self.size else cv2.INTER_LINEAR
             img = cv2.resize(patch, (self.size, self.size), interpolation=interp)
             box_clamped = [max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])]
-            out.append(Crop(img, box_clamped, track, [x0, y0, x1, y1], face.landmarks, face))
-        return out
+            out.append(Crop(img, box_clamped, None, [x0, y0, x1, y1], face.landmarks, face))
+        tracks = self.tracker.assign(
+            [f.box for f in faces], [f.score for f in faces], [f.landmarks for f in faces],
+            [appearance(c.image) for c in out],
+        )  # fmt: skip
+        for crop, track in zip(out, tracks):
+            crop.track = track
+        # A low-score detection that continues no track is not a face we keep (ByteTrack's rule).
+        return [c for c in out if c.track is not None]
