@@ -16,6 +16,7 @@ from forensics.errors import ModelError
 from forensics.faces import ssd
 from forensics.faces.detectors import Face
 from forensics.faces.model_files import litert_interpreter, packaged_model
+from forensics.faces.pixels import RgbPixels
 
 DETECTOR_FILE = "face_detection_full_range.tflite"
 MESH_FILE = "face_landmark.tflite"
@@ -86,8 +87,8 @@ class FaceMesh:
         self._points, self._flag = outs[0]["index"], outs[1]["index"]
         self.min_presence = min_presence
 
-    def refine(self, rgb: np.ndarray, face: Face) -> Face:
-        """``face`` with ``mesh`` and the five ``landmarks`` filled from the full-resolution RGB frame.
+    def refine(self, pixels: RgbPixels, face: Face) -> Face:
+        """``face`` with ``mesh`` and the five ``landmarks`` filled from the full-resolution frame's pixels.
 
         When the mesh says there is no face in the ROI (presence below ``min_presence``), the
         landmarks come from BlazeFace's keypoints instead (mouth corners estimated from the mouth
@@ -108,7 +109,22 @@ class FaceMesh:
         src = np.float32([centre - ux - uy, centre + ux - uy, centre - ux + uy])
         dst = np.float32([[0, 0], [_SIZE, 0], [0, _SIZE]])
         m = cv2.getAffineTransform(src, dst)
-        roi = cv2.warpAffine(rgb, m, (_SIZE, _SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # Convert only the ROI's bounding rectangle (inside the frame) to RGB.
+        corners = np.vstack([src, centre + ux + uy])
+        bx0, by0 = (max(0, int(np.floor(v))) for v in corners.min(0))
+        bx1, by1 = (
+            min(pixels.width, int(np.ceil(corners[:, 0].max()))),
+            min(pixels.height, int(np.ceil(corners[:, 1].max()))),
+        )
+        if bx1 - bx0 < 2 or by1 - by0 < 2:
+            face.landmarks = _landmarks_from_keypoints(kp) if kp is not None else None
+            return face
+        shifted = m.copy()
+        shifted[:, 2] += m[:, :2] @ np.array([bx0, by0], np.float64)
+        region = np.ascontiguousarray(pixels.region(bx0, by0, bx1, by1))
+        roi = cv2.warpAffine(
+            region, shifted, (_SIZE, _SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         self.interp.set_tensor(self._in, (roi.astype(np.float32) * (1.0 / 255.0))[None])
         self.interp.invoke()
         flag = float(self.interp.get_tensor(self._flag).reshape(-1)[-1])

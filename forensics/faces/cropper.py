@@ -14,9 +14,9 @@ import numpy as np
 from forensics.config import FaceSettings
 from forensics.faces.detectors import Face, FaceDetector
 from forensics.faces.geometry import square_region
+from forensics.faces.pixels import FramePixels, RgbPixels
 from forensics.faces.tracking import FaceTracker, appearance
 
-_PYAV_FORMAT = {"gray": "gray", "bgr": "bgr24", "rgb": "rgb24"}
 _FROM_RGB = {"gray": cv2.COLOR_RGB2GRAY, "bgr": cv2.COLOR_RGB2BGR}
 
 
@@ -56,30 +56,28 @@ class FaceCropper:
     def crops(self, decoded) -> list[Crop]:
         """Crops of one decoded PyAV frame (a ``forensics.video.DecodedFrame``)."""
         frame = decoded.frame
-        w, h = frame.width, frame.height
         if self.detector is None:
+            w, h = frame.width, frame.height
             return [Crop(decoded.rgb(self.size, self.size), [0, 0, w, h], None, [0, 0, w, h])]
-        sw, sh, scale = self._small_size(w, h)
-        small = frame.reformat(width=sw, height=sh, format=_PYAV_FORMAT[self.detector.colour]).to_ndarray()
-        faces = self._pick(self.detector.detect(small, scale))
-        if not faces:
-            return []
-        return self._cut(frame.to_ndarray(format="rgb24"), faces)
+        return self._crops(FramePixels(frame))
 
     def crops_rgb(self, rgb: np.ndarray) -> list[Crop]:
         """Crops of one uint8 [H, W, 3] RGB (or [H, W] grayscale) frame (the trainer's and tests' entry point)."""
         if rgb.ndim == 2:
             rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
-        h, w = rgb.shape[:2]
         if self.detector is None:
+            h, w = rgb.shape[:2]
             img = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
             return [Crop(img, [0, 0, w, h], None, [0, 0, w, h])]
-        sw, sh, scale = self._small_size(w, h)
-        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA) if (sw, sh) != (w, h) else rgb
+        return self._crops(RgbPixels(rgb))
+
+    def _crops(self, pixels: RgbPixels) -> list[Crop]:
+        sw, sh, scale = self._small_size(pixels.width, pixels.height)
+        small = pixels.small(sw, sh)
         if self.detector.colour in _FROM_RGB:
             small = cv2.cvtColor(small, _FROM_RGB[self.detector.colour])
         faces = self._pick(self.detector.detect(np.ascontiguousarray(small), scale))
-        return self._cut(rgb, faces) if faces else []
+        return self._cut(pixels, faces) if faces else []
 
     def _small_size(self, w: int, h: int) -> tuple[int, int, float]:
         fit = self.detector.fit if self.detector is not None else None
@@ -95,15 +93,15 @@ class FaceCropper:
         faces = sorted(faces, key=Face.area, reverse=True)
         return [f for f in faces if f.area() >= 1.0][: self.settings.max_faces]
 
-    def _cut(self, rgb: np.ndarray, faces: list[Face]) -> list[Crop]:
-        h, w = rgb.shape[:2]
+    def _cut(self, pixels: RgbPixels, faces: list[Face]) -> list[Crop]:
+        w, h = pixels.width, pixels.height
         if self.refiner is not None:
-            faces = [self.refiner.refine(rgb, f) for f in faces]
+            faces = [self.refiner.refine(pixels, f) for f in faces]
         out = []
         for face in faces:
             box = face.int_box()
             x0, y0, x1, y1 = square_region(box, w, h, self.settings.margin)
-            patch = rgb[y0:y1, x0:x1]
+            patch = pixels.region(x0, y0, x1, y1)
             interp = cv2.INTER_AREA if patch.shape[0] > self.size else cv2.INTER_LINEAR
             img = cv2.resize(patch, (self.size, self.size), interpolation=interp)
             box_clamped = [max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])]
