@@ -82,6 +82,8 @@ def main() -> None:
         except BadVideo as err:
             print(f"skipped: {err}", file=sys.stderr)
             continue
+        print(f"{clip.parent.name}/{clip.name}: {frames} frames, crops "
+              + " ".join(f"{s}={crops_n[s]}/{len(tracks[s])}tr" for s in specs), file=sys.stderr)  # fmt: skip
         for s in specs:
             largest = max(tracks[s].values()) if tracks[s] else 0
             per[s].append({"clip": f"{clip.parent.name}/{clip.name}", "single": single, "frames": frames,

@@ -89,3 +89,21 @@ def test_tracks_coast_through_misses_then_end():
     for _ in range(4):
         t.assign([])
     assert t.assign([(200, 0, 300, 100)]) == [1]  # gone too long: a new track
+
+
+def test_between_detections_the_landmark_model_follows_the_face():
+    cropper = build_cropper(FaceSettings(redetect_every=4), 64)
+    boxes, tracks = [], []
+    for i in range(12):
+        canvas = np.full((540, 960, 3), 60, np.uint8)
+        _paste(canvas, HEAD, 100 + 30 * i, 120 + 5 * i)
+        (crop,) = cropper.crops_rgb(canvas)
+        boxes.append(crop.box)
+        tracks.append(crop.track)
+        lm = crop.landmarks
+        assert lm[0][0] < lm[2][0] < lm[1][0] and max(lm[0][1], lm[1][1]) < lm[2][1] < min(lm[3][1], lm[4][1])
+    assert cropper.detections == 3 and set(tracks) == {0}  # detector on samples 0, 4, 8 only
+    dx = np.diff([b[0] for b in boxes])
+    assert np.all(np.abs(dx - 30) < 12)  # followed boxes move with the face, no jumps at re-detection
+    sizes = [b[2] - b[0] for b in boxes]
+    assert max(sizes) - min(sizes) < 0.15 * np.mean(sizes)

@@ -98,8 +98,9 @@ class FaceMesh:
         x0, y0, x1, y1 = (float(v) for v in face.box)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         side = max(x1 - x0, y1 - y0) * 1.5
-        if kp is not None:
-            dx, dy = kp[1] - kp[0]
+        eyes = kp if kp is not None else face.landmarks
+        if eyes is not None:
+            dx, dy = eyes[1] - eyes[0]
             angle = float(np.arctan2(dy, dx))  # rotate so the eye line is horizontal
         else:
             angle = 0.0
@@ -140,6 +141,25 @@ class FaceMesh:
             mesh[list(_EYE_R)].mean(0), mesh[list(_EYE_L)].mean(0), mesh[_NOSE], mesh[_MOUTH_R], mesh[_MOUTH_L],
         ]).astype(np.float32)  # fmt: skip
         return face
+
+    def follow(self, pixels: RgbPixels, last: Face) -> Face | None:
+        """``last`` (a face with a mesh) found again in this frame by the landmark model alone, or None if lost.
+
+        The box moves and scales with the five landmarks (a similarity fit), so it keeps the
+        detector's box convention.
+        """
+        probe = self.refine(pixels, Face(last.box.copy(), last.score, last.landmarks))
+        if probe.mesh is None or last.landmarks is None:
+            return None
+        m, _ = cv2.estimateAffinePartial2D(last.landmarks, probe.landmarks)
+        if m is None:
+            return None
+        scale = float(np.hypot(m[0, 0], m[1, 0]))
+        x0, y0, x1, y1 = (float(v) for v in last.box)
+        cx, cy = m @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
+        hw, hh = (x1 - x0) * scale / 2, (y1 - y0) * scale / 2
+        probe.box = np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32)
+        return probe
 
 
 def _landmarks_from_keypoints(kp: np.ndarray) -> np.ndarray:

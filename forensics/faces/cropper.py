@@ -37,7 +37,11 @@ class Crop:
 class FaceCropper:
     """Frames in, square face crops (with track ids and landmarks) out. One instance per source.
 
-    ``refiner`` (a FaceMesh) turns each detection's keypoints into the five landmarks.
+    ``refiner`` (a FaceMesh) turns each detection's keypoints into the five landmarks. With
+    ``settings.redetect_every`` N > 1 and a refiner, the detector runs on at most every N-th
+    sampled frame while the faces stay found: in between, the landmark model follows each face
+    from its last landmarks (MediaPipe's tracking mode); a lost face, or the N-th frame, brings
+    the detector back, so a new face waits at most N-1 samples.
     """
 
     def __init__(self, settings: FaceSettings, size: int, detector: FaceDetector | None, refiner=None):
@@ -48,10 +52,15 @@ class FaceCropper:
         self.tracker = FaceTracker(
             settings.iou_match, settings.max_missed, settings.max_jump, new_score=settings.min_score
         )
+        self._followed: list[Face] = []  # last frame's faces, when the landmark model can follow them
+        self._since_detect = 0
+        self.detections = 0  # detector runs, for benchmarks and metrics
 
     def reset(self) -> None:
         """Forget tracks: call at the start of each file."""
         self.tracker.reset()
+        self._followed = []
+        self._since_detect = 0
 
     def crops(self, decoded) -> list[Crop]:
         """Crops of one decoded PyAV frame (a ``forensics.video.DecodedFrame``)."""
@@ -72,12 +81,22 @@ class FaceCropper:
         return self._crops(RgbPixels(rgb))
 
     def _crops(self, pixels: RgbPixels) -> list[Crop]:
+        if self._followed and self._since_detect + 1 < self.settings.redetect_every:
+            followed = [self.refiner.follow(pixels, f) for f in self._followed]
+            if all(f is not None for f in followed):
+                self._since_detect += 1
+                return self._cut(pixels, followed, refined=True)  # type: ignore[arg-type]
+        self._since_detect = 0
+        self.detections += 1
         sw, sh, scale = self._small_size(pixels.width, pixels.height)
         small = pixels.small(sw, sh)
         if self.detector.colour in _FROM_RGB:
             small = cv2.cvtColor(small, _FROM_RGB[self.detector.colour])
         faces = self._pick(self.detector.detect(np.ascontiguousarray(small), scale))
-        return self._cut(pixels, faces) if faces else []
+        if not faces:
+            self._followed = []
+            return []
+        return self._cut(pixels, faces)
 
     def _small_size(self, w: int, h: int) -> tuple[int, int, float]:
         fit = self.detector.fit if self.detector is not None else None
@@ -93,9 +112,9 @@ class FaceCropper:
         faces = sorted(faces, key=Face.area, reverse=True)
         return [f for f in faces if f.area() >= 1.0][: self.settings.max_faces]
 
-    def _cut(self, pixels: RgbPixels, faces: list[Face]) -> list[Crop]:
+    def _cut(self, pixels: RgbPixels, faces: list[Face], refined: bool = False) -> list[Crop]:
         w, h = pixels.width, pixels.height
-        if self.refiner is not None:
+        if self.refiner is not None and not refined:
             faces = [self.refiner.refine(pixels, f) for f in faces]
         out = []
         for face in faces:
@@ -113,4 +132,9 @@ class FaceCropper:
         for crop, track in zip(out, tracks):
             crop.track = track
         # A low-score detection that continues no track is not a face we keep (ByteTrack's rule).
-        return [c for c in out if c.track is not None]
+        kept = [c for c in out if c.track is not None]
+        can_follow = self.refiner is not None and self.settings.redetect_every > 1
+        self._followed = [c.face for c in kept if c.face.mesh is not None] if can_follow else []  # type: ignore[union-attr]
+        if len(self._followed) != len(kept):
+            self._followed = []
+        return kept
