@@ -51,10 +51,13 @@ def main() -> None:
     )
     ap.add_argument("--sheets", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample-clips", type=int, default=0, help="a random subset of N clips (0: all)")
     args = ap.parse_args()
     specs = args.detectors.split(",")
     croppers = {s: build_cropper(detector_settings(s), 96) for s in specs}
     clips = sorted(args.root.glob("*/*.mp4"))
+    if args.sample_clips:
+        clips = sorted(random.Random(args.seed).sample(clips, min(args.sample_clips, len(clips))))
     per: dict[str, list[dict]] = {s: [] for s in specs}
     pool: dict[str, list[tuple[str, np.ndarray]]] = {s: [] for s in specs}
     seconds = Counter()
