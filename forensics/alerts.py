@@ -41,9 +41,7 @@ return 0
 """
 
 
-def make_alert(
-    kind: str, source: str, alert_id: str, *, model: dict | None = None, **fields: Any
-) -> dict[str, Any]:
+def make_alert(kind: str, source: str, alert_id: str, *, model: dict | None = None, **fields: Any) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown alert kind {kind!r}")
     return {
@@ -72,9 +70,7 @@ class AlertWriter:
         """True if published now, False if this alert id was already published."""
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
         marker = f"{self.keys.prefix}:alert-ids:{alert['alert_id']}"
-        return bool(
-            self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl])
-        )
+        return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
 
 
 def parse_alert(raw: bytes | str) -> dict[str, Any]:

@@ -17,17 +17,9 @@ from forensics.registry import Artifact, Registry
 from forensics.streams import Keys
 
 
-def announce_model(
-    r: redis.Redis, keys: Keys, art: Artifact, *, previous: str | None, reason: str
-) -> dict[str, Any]:
+def announce_model(r: redis.Redis, keys: Keys, art: Artifact, *, previous: str | None, reason: str) -> dict[str, Any]:
     """SET the key to {version, sha256, previous, reason, at} and PUBLISH the same JSON; returns it."""
-    msg = {
-        "version": art.version,
-        "sha256": art.sha256,
-        "previous": previous,
-        "reason": reason,
-        "at": time.time(),
-    }
+    msg = {"version": art.version, "sha256": art.sha256, "previous": previous, "reason": reason, "at": time.time()}
     payload = json.dumps(msg, separators=(",", ":"))
     pipe = r.pipeline(transaction=True)
     pipe.set(keys.model, payload)

@@ -176,9 +176,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     pretty = sys.stdout.isatty() and not args.json
     with redis_for(settings) as (r, _url):
         seen = 0
-        for _id, event in follow_alerts(
-            r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set
-        ):
+        for _id, event in follow_alerts(r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set):
             if args.kind and event["kind"] not in args.kind:
                 continue
             print(format_alert(event) if pretty else json.dumps(event), flush=True)
@@ -269,9 +267,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             "clean_video_auc": adv["clean_video_auc"],
             "clean_frame_auc": adv["clean_frame_auc"],
             "pgd_success": {k: v["success_rate"] for k, v in adv["pgd"].items()},
-            "standard_pgd_success": {
-                k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()
-            },
+            "standard_pgd_success": {k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()},
             "ood_detection": out["metrics"]["ood_detection"],
             "anomaly_on_pgd": adv.get("anomaly_on_pgd"),
         }
@@ -284,9 +280,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     models = Path(args.models) if args.models else settings.models_dir
     out = Path(args.out) if args.out else models / args.model / "report" / "eval"
-    extra = {
-        k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries") if getattr(args, k) is not None
-    }
+    extra = {k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries") if getattr(args, k) is not None}
     result = evaluate(
         models, args.model, [str(d) for d in args.data], out_dir=out, seed=args.seed, max_fakes=args.max_fakes,
         quick=args.quick, cache_dir=args.cache or str(settings.state_dir / "crops"), **extra,
@@ -306,9 +300,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         from trainer.models import load_discriminator
         from trainer.saliency import explain_crop, saliency_figure
     except ImportError as err:
-        raise ConfigError(
-            f"explain needs the trainer's packages ({err.name}): pip install 'video-forensics[train]'"
-        ) from None
+        raise ConfigError(f"explain needs the trainer's packages ({err.name}): pip install 'video-forensics[train]'") from None
     keys = Keys(settings.redis.prefix)
     with redis_for(settings) as (r, _url):
         alert = find_alert(r, keys, args.alert_id)
@@ -320,9 +312,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
     art = reg.load(model_info.get("version"))  # verifies every file's sha256
     if model_info.get("sha256") and model_info["sha256"] != art.sha256:
-        raise ConfigError(
-            f"model {art.version} in {reg.root} is not the one that raised alert {args.alert_id!r}"
-        )
+        raise ConfigError(f"model {art.version} in {reg.root} is not the one that raised alert {args.alert_id!r}")
     if not (art.path / "discriminator.pt").exists():
         raise ConfigError(f"model {art.version} has no torch weights (discriminator.pt) to explain with")
     model = load_discriminator(art.path / "discriminator.pt")
@@ -387,14 +377,8 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as (r, _url):
         rec = record_label(r, Keys(settings.redis.prefix), args.alert_id, args.label, by=args.by,
                            crop_ttl_s=settings.retrain.label_crop_ttl_s)  # fmt: skip
-    crops = (
-        f"{rec['crops']} crop(s) kept for retraining"
-        if rec["crops"]
-        else "its crop has expired: not usable for training"
-    )
-    print(
-        f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}"
-    )
+    crops = f"{rec['crops']} crop(s) kept for retraining" if rec["crops"] else "its crop has expired: not usable for training"
+    print(f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}")
     return 0
 
 
@@ -440,15 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser(
-        "ingest", help="put frame batches on Redis from dropped video files and live RTSP streams"
-    )
+    s = sub.add_parser("ingest", help="put frame batches on Redis from dropped video files and live RTSP streams")
     s.add_argument("--watch", metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
     s.add_argument(
-        "--rtsp",
-        action="append",
-        metavar="ID=URL",
-        help="a live source, repeatable; added to the configured `sources`",
+        "--rtsp", action="append", metavar="ID=URL", help="a live source, repeatable; added to the configured `sources`"
     )
     s.set_defaults(func=cmd_ingest, role="ingest")
 
@@ -469,20 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("alerts", help="follow the alerts stream")
     asub = s.add_subparsers(dest="action", metavar="ACTION")
     asub.required = True
-    a = asub.add_parser(
-        "tail", help="print alerts as they arrive (pretty on a terminal, JSON lines otherwise)"
-    )
+    a = asub.add_parser("tail", help="print alerts as they arrive (pretty on a terminal, JSON lines otherwise)")
     a.add_argument("--json", action="store_true")
     a.add_argument("--kind", action="append", choices=["verdict", "deepfake", "anomaly", "source"])
-    a.add_argument(
-        "--since", metavar="ID", help="start after this stream id (0 = from the beginning; default: now)"
-    )
+    a.add_argument("--since", metavar="ID", help="start after this stream id (0 = from the beginning; default: now)")
     a.add_argument("--count", type=int, default=0, help="exit after this many alerts")
     s.set_defaults(func=cmd_alerts, role="alerts")
 
-    s = sub.add_parser(
-        "up", help="run ingest and detect (and an embedded Redis) as supervised local processes"
-    )
+    s = sub.add_parser("up", help="run ingest and detect (and an embedded Redis) as supervised local processes")
     s.add_argument("--watch", type=Path, metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
     s.add_argument("--detect-workers", type=int, default=1)
     s.add_argument("--max-restarts", type=int, default=5, help="per role within a minute, then give up")
@@ -493,9 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
     s.set_defaults(func=cmd_demo, role="demo")
 
-    s = sub.add_parser(
-        "synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)"
-    )
+    s = sub.add_parser("synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
     s.add_argument("--videos", type=int, default=8, help="total clips, REAL and FAKE")
     s.add_argument("--seed", type=int, default=0)
@@ -514,12 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gan-epochs", type=int, default=8)
     s.add_argument("--adv-epochs", type=int, default=6)
     s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument(
-        "--adv-mode", choices=["pgd", "fgsm"], default="pgd", help="fgsm: FGSM with random start (cheap)"
-    )
-    s.add_argument(
-        "--eps", type=_pixel_eps, default=6 / 255, help="final adversarial training radius, e.g. 6/255"
-    )
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default="pgd", help="fgsm: FGSM with random start (cheap)")
+    s.add_argument("--eps", type=_pixel_eps, default=6 / 255, help="final adversarial training radius, e.g. 6/255")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -529,9 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-eval", action="store_true", help="skip the quick robustness report at the end")
     s.set_defaults(func=cmd_train, role="trainer")
 
-    s = sub.add_parser(
-        "eval", help="robustness evaluation of a model version on its held-out test split (report)"
-    )
+    s = sub.add_parser("eval", help="robustness evaluation of a model version on its held-out test split (report)")
     s.add_argument("--model", required=True, metavar="VERSION")
     s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
     s.add_argument("--out", metavar="DIR", help="default: <models>/<version>/report/eval/")
@@ -544,9 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_eval, role="eval")
 
-    s = sub.add_parser(
-        "explain", help="saliency figure (input gradients, Grad-CAM) of an alert's evidence crop"
-    )
+    s = sub.add_parser("explain", help="saliency figure (input gradients, Grad-CAM) of an alert's evidence crop")
     s.add_argument("alert_id", metavar="ALERT_ID")
     s.add_argument("--out", metavar="PNG", help="default: ./explain-<ALERT_ID>.png")
     s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
@@ -564,9 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("rollback", help="return to the version current before this one, and announce it")
     s.set_defaults(func=cmd_models, role="models")
 
-    s = sub.add_parser(
-        "label", help="record an analyst's verdict on an alert (its crop becomes training data)"
-    )
+    s = sub.add_parser("label", help="record an analyst's verdict on an alert (its crop becomes training data)")
     s.add_argument("alert_id", metavar="ALERT_ID")
     s.add_argument("label", choices=["real", "fake"])
     s.add_argument("--by", metavar="NAME", help="who decided (default: the login name)")

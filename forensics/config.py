@@ -64,8 +64,7 @@ class IngestSettings(_Section):
         None, description="Where unusable files go, with a .reason file. Default: <watch_dir>/failed."
     )
     sample: Literal["every_nth", "fps", "keyframes"] = Field(
-        "fps",
-        description="Which decoded frames are kept: every Nth, a target rate by timestamp, or keyframes.",
+        "fps", description="Which decoded frames are kept: every Nth, a target rate by timestamp, or keyframes."
     )
     every_nth: int = Field(1, ge=1, description="With sample=every_nth: keep frame 0, N, 2N, ...")
     fps: float = Field(2.0, gt=0, description="With sample=fps: frames kept per second of video.")
@@ -84,10 +83,7 @@ class IngestSettings(_Section):
     )
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Prometheus metrics port of the ingest process (live sources); unset: off.",
+        None, ge=0, le=65535, description="Prometheus metrics port of the ingest process (live sources); unset: off."
     )
 
 
@@ -137,45 +133,28 @@ class LiveSourceSettings(_Section):
         description="Decode keyframes only (cheap, low rate). Set stall_timeout above the camera's keyframe interval.",
     )
     decode_threads: int = Field(
-        1,
-        ge=0,
-        le=64,
-        description="FFmpeg decoder threads; 0 lets FFmpeg choose (each thread adds a frame of delay).",
+        1, ge=0, le=64, description="FFmpeg decoder threads; 0 lets FFmpeg choose (each thread adds a frame of delay)."
     )
-    open_timeout: float = Field(
-        5.0, gt=0, le=300, description="Seconds a camera has to answer and describe its stream."
-    )
+    open_timeout: float = Field(5.0, gt=0, le=300, description="Seconds a camera has to answer and describe its stream.")
     read_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds a read may wait for data before the connection is dropped."
     )
     stall_timeout: float = Field(
         10.0, gt=0, le=3600, description="Watchdog: a stream that yields no frame this long is restarted."
     )
-    backoff_initial: float = Field(
-        0.5, gt=0, le=3600, description="First delay before reconnecting, seconds."
-    )
+    backoff_initial: float = Field(0.5, gt=0, le=3600, description="First delay before reconnecting, seconds.")
     backoff_max: float = Field(30.0, gt=0, le=3600, description="Longest delay between reconnects, seconds.")
     backoff_jitter: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="Each delay is scaled by a random factor in [1-jitter, 1+jitter] (then capped).",
+        0.2, ge=0, le=1, description="Each delay is scaled by a random factor in [1-jitter, 1+jitter] (then capped)."
     )
     stable_after: float = Field(
-        30.0,
-        ge=0,
-        description="Seconds of streaming after which the backoff starts again from backoff_initial.",
+        30.0, ge=0, description="Seconds of streaming after which the backoff starts again from backoff_initial."
     )
     down_after: float = Field(
-        10.0,
-        ge=0,
-        description="Not streaming this long raises a `source` down alert (an up alert follows recovery).",
+        10.0, ge=0, description="Not streaming this long raises a `source` down alert (an up alert follows recovery)."
     )
     max_pending: int = Field(
-        4,
-        ge=1,
-        le=1000,
-        description="Samples waiting at the source to be sent; when full the oldest is dropped.",
+        4, ge=1, le=1000, description="Samples waiting at the source to be sent; when full the oldest is dropped."
     )
     max_backlog: int = Field(
         1000,
@@ -194,9 +173,7 @@ class LiveSourceSettings(_Section):
     @model_validator(mode="after")
     def _consistent_times(self) -> LiveSourceSettings:
         if self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                f"backoff_max ({self.backoff_max}) is below backoff_initial ({self.backoff_initial})"
-            )
+            raise ValueError(f"backoff_max ({self.backoff_max}) is below backoff_initial ({self.backoff_initial})")
         if self.stall_timeout < self.read_timeout:
             raise ValueError(
                 f"stall_timeout ({self.stall_timeout}) is below read_timeout ({self.read_timeout}): "
@@ -212,27 +189,15 @@ class DetectSettings(_Section):
     claim_idle_ms: int = Field(30000, ge=100, description="Entries pending this long are reclaimed.")
     max_deliveries: int = Field(3, ge=1, description="After this many deliveries an entry is dead-lettered.")
     providers: list[str] = Field(
-        default_factory=lambda: [
-            "TensorrtExecutionProvider",
-            "CUDAExecutionProvider",
-            "CPUExecutionProvider",
-        ],
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
         description="ONNX Runtime providers in order of preference; unavailable ones are skipped.",
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: its default.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus metrics port; unset: off.")
-    read_count: int = Field(
-        8, ge=1, description="Stream entries read per XREADGROUP (coalesced into model calls)."
-    )
-    window_s: float = Field(
-        10.0, gt=0, description="Live sources: sliding window of the deepfake score, seconds."
-    )
-    hysteresis: float = Field(
-        0.05, ge=0, lt=0.5, description="Live alerts fire above threshold+h, re-arm below threshold-h."
-    )
-    min_window_faces: int = Field(
-        5, ge=1, description="Live alerts need at least this many crops in the window."
-    )
+    read_count: int = Field(8, ge=1, description="Stream entries read per XREADGROUP (coalesced into model calls).")
+    window_s: float = Field(10.0, gt=0, description="Live sources: sliding window of the deepfake score, seconds.")
+    hysteresis: float = Field(0.05, ge=0, lt=0.5, description="Live alerts fire above threshold+h, re-arm below threshold-h.")
+    min_window_faces: int = Field(5, ge=1, description="Live alerts need at least this many crops in the window.")
     anomaly_rate: float = Field(
         0.5, gt=0, le=1, description="Share of anomalous crops (window or file) that raises an anomaly alert."
     )
@@ -245,21 +210,16 @@ class RetrainSettings(_Section):
     """Scheduled retraining (``forensics trainer`` / ``forensics retrain --now``)."""
 
     interval_s: float = Field(
-        24 * 3600.0,
-        gt=0,
-        description="Seconds between runs (counted from the last run's start); unused when cron is set.",
+        24 * 3600.0, gt=0, description="Seconds between runs (counted from the last run's start); unused when cron is set."
     )
     cron: str | None = Field(
-        None,
-        description="Five-field cron expression in UTC (e.g. '0 3 * * *'); overrides interval_s when set.",
+        None, description="Five-field cron expression in UTC (e.g. '0 3 * * *'); overrides interval_s when set."
     )
     data_dirs: list[Path] = Field(
-        default_factory=list,
-        description="DFDC-format folders of new labelled clips, screened before each run.",
+        default_factory=list, description="DFDC-format folders of new labelled clips, screened before each run."
     )
     base_data: list[Path] = Field(
-        default_factory=list,
-        description="Training data the candidate always learns from. Empty: the current model's.",
+        default_factory=list, description="Training data the candidate always learns from. Empty: the current model's."
     )
     holdout_dir: Path | None = Field(
         None,
@@ -268,27 +228,17 @@ class RetrainSettings(_Section):
     )
     cache_dir: Path | None = Field(None, description="Face crop cache. Default: <state_dir>/crops.")
     lock_ttl_s: float = Field(
-        60.0,
-        ge=1,
-        description="The retraining lock expires this long after its last renewal (renewed every third).",
+        60.0, ge=1, description="The retraining lock expires this long after its last renewal (renewed every third)."
     )
-    gan_epochs: int | None = Field(
-        None, ge=0, description="Candidate's GAN epochs. Unset: the current model's recipe."
-    )
-    adv_epochs: int | None = Field(
-        None, ge=0, description="Candidate's adversarial epochs. Unset: the current model's."
-    )
-    warm_start: bool = Field(
-        True, description="Start the candidate from the current model's weights (fine-tune)."
-    )
+    gan_epochs: int | None = Field(None, ge=0, description="Candidate's GAN epochs. Unset: the current model's recipe.")
+    adv_epochs: int | None = Field(None, ge=0, description="Candidate's adversarial epochs. Unset: the current model's.")
+    warm_start: bool = Field(True, description="Start the candidate from the current model's weights (fine-tune).")
     threads: int = Field(0, ge=0, description="torch threads for training; 0: torch's default.")
     max_new_share: float = Field(
         0.5, gt=0, description="Accepted new crops per run, at most this share of the base training crops."
     )
     max_source_share: float = Field(
-        0.25,
-        gt=0,
-        description="Accepted new crops from one source (folder or alert source), as a share of base crops.",
+        0.25, gt=0, description="Accepted new crops from one source (folder or alert source), as a share of base crops."
     )
     outlier_quantile: float = Field(
         0.995, gt=0.5, le=1,
@@ -301,38 +251,26 @@ class RetrainSettings(_Section):
         "the other class mean by more than this quantile of correctly labelled validation crops (and at least 0).",
     )  # fmt: skip
     source_alpha: float = Field(
-        0.01,
-        gt=0,
-        lt=1,
+        0.01, gt=0, lt=1,
         description="A source is untrusted (all its samples quarantined) when its labels disagree with the current "
         "model more often than its validation error rate allows at this significance (one-sided binomial).",
     )
     auc_margin: float = Field(
-        0.01,
-        ge=0,
-        le=1,
-        description="The gate promotes only if the candidate's clean frame AUC is at most this below.",
+        0.01, ge=0, le=1, description="The gate promotes only if the candidate's clean frame AUC is at most this below."
     )
     asr_tolerance: float = Field(
         0.02, ge=0, le=1,
         description="...and its PGD 4/255 attack success rate at most this above the current model's "
         "(sampling noise of a small held-out set).",
     )  # fmt: skip
-    gate_max_fakes: int = Field(
-        100, ge=1, description="Correctly detected held-out fakes attacked per model."
-    )
+    gate_max_fakes: int = Field(100, ge=1, description="Correctly detected held-out fakes attacked per model.")
     refine: bool = Field(
-        False,
-        description="Let the anomaly rate on new data move the next run's PGD radius (trainer/refine.py).",
+        False, description="Let the anomaly rate on new data move the next run's PGD radius (trainer/refine.py)."
     )
-    eps_min: float = Field(
-        2 / 255, gt=0, le=1, description="With refine: smallest training radius (L-inf, [0,1] pixels)."
-    )
+    eps_min: float = Field(2 / 255, gt=0, le=1, description="With refine: smallest training radius (L-inf, [0,1] pixels).")
     eps_max: float = Field(12 / 255, gt=0, le=1, description="With refine: largest training radius.")
     label_crop_ttl_s: int = Field(
-        90 * 24 * 3600,
-        ge=60,
-        description="How long the crops of analyst-labelled alerts are kept in Redis, seconds.",
+        90 * 24 * 3600, ge=60, description="How long the crops of analyst-labelled alerts are kept in Redis, seconds."
     )
 
     @model_validator(mode="after")

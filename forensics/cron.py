@@ -14,13 +14,7 @@ from datetime import datetime, timedelta, timezone
 from forensics.errors import ConfigError
 
 # (name, lowest, highest) of each field, in order.
-_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 _SEARCH_DAYS = 366 * 5  # Feb 29 on a Monday recurs within 28 years, but nobody schedules that
 
 
@@ -97,6 +91,4 @@ def parse_cron(text: str) -> Cron:
         )
     fields = [_field(p, name, lo, hi) for p, (name, lo, hi) in zip(parts, _FIELDS)]
     weekdays = frozenset(d % 7 for d in fields[4][0])
-    return Cron(
-        text, fields[0][0], fields[1][0], fields[2][0], fields[3][0], weekdays, fields[2][1], fields[4][1]
-    )
+    return Cron(text, fields[0][0], fields[1][0], fields[2][0], fields[3][0], weekdays, fields[2][1], fields[4][1])

@@ -47,9 +47,7 @@ def channel_features(inference: Inference) -> list[np.ndarray]:
             "the defence needs the model's per-channel std outputs (std0..) but model.onnx lacks them: "
             "re-export the model"
         )
-    return [
-        np.concatenate([m, s], axis=1).astype(np.float64) for m, s in zip(inference.features, inference.stds)
-    ]
+    return [np.concatenate([m, s], axis=1).astype(np.float64) for m, s in zip(inference.features, inference.stds)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +79,7 @@ class Defence:
         """Model passes per crop beyond the plain one."""
         return len(self.squeezers)
 
-    def features(
-        self, pooled: MahalanobisScorer, base: Inference, squeezed: Sequence[Inference]
-    ) -> np.ndarray:
+    def features(self, pooled: MahalanobisScorer, base: Inference, squeezed: Sequence[Inference]) -> np.ndarray:
         """The crop feature vectors float64 [N, F] from the plain pass and one pass per squeezer."""
         cols = []
         pooled_layers = pooled.layer_scores(base.features)
@@ -150,15 +146,7 @@ class Defence:
             return cls._from_arrays(a)
         except ModelError as err:
             raise ModelError(f"defence file {path} is malformed: {err}; re-export the model") from None
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            AttributeError,
-            zipfile.BadZipFile,
-        ) as err:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, AttributeError, zipfile.BadZipFile) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ModelError(f"defence file {path} is unreadable ({reason}); re-export the model") from None
 
@@ -174,9 +162,7 @@ class Defence:
             raise ModelError(f"squeezers {squeezers} do not fit blocks {blocks}")
         channel = None
         if "channel" in blocks:
-            channel = MahalanobisScorer.from_arrays(
-                {k[len("channel/") :]: v for k, v in a.items() if k.startswith("channel/")}
-            )
+            channel = MahalanobisScorer.from_arrays({k[len("channel/"):]: v for k, v in a.items() if k.startswith("channel/")})
         weights = np.asarray(a["weights"], np.float64)
         scalars = {k: float(a[k]) for k in ("pooled_bias", "bias", "threshold", "track_threshold", "fpr")}
         if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not np.isfinite(scalars["bias"]):

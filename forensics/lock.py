@@ -68,9 +68,7 @@ class RedisLock:
     def acquire(self) -> None:
         """Take the lock or raise LockHeld naming the holder; starts the renewal thread."""
         if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            raise LockHeld(
-                f"another {self.what} is running: {self.key} is held by {self.holder()}; try again later"
-            )
+            raise LockHeld(f"another {self.what} is running: {self.key} is held by {self.holder()}; try again later")
         self.lost.clear()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="lock-renewal", daemon=True)
@@ -106,9 +104,7 @@ class RedisLock:
         """Raise LockLost if the lock is no longer ours (checked by the run between steps)."""
         if self.lost.is_set() or self.r.get(self.key) != self.token.encode():
             self.lost.set()
-            raise LockLost(
-                f"the {self.what} lock {self.key} was lost (expired or taken over); this run stopped"
-            )
+            raise LockLost(f"the {self.what} lock {self.key} was lost (expired or taken over); this run stopped")
 
     def release(self) -> None:
         self._stop.set()

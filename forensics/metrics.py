@@ -33,9 +33,7 @@ class DetectMetrics:
             "forensics_detect_inference_seconds", "Model + scorer time per model call", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )  # fmt: skip
-        self.backlog = Gauge(
-            "forensics_detect_backlog", "Unacknowledged entries on the frames stream", registry=r
-        )
+        self.backlog = Gauge("forensics_detect_backlog", "Unacknowledged entries on the frames stream", registry=r)
         self.model = Gauge("forensics_detect_model_info", "Model being served", ["version"], registry=r)
         self.heartbeat = time.monotonic()
 
@@ -65,11 +63,7 @@ def serve(port: int, metrics: DetectMetrics, health: Callable[[], dict], *, stuc
                 state = health()
                 state["loop_age_s"] = time.monotonic() - metrics.heartbeat
                 state["ok"] = state["loop_age_s"] < stuck_after_s and state.get("model") is not None
-                body, ctype, code = (
-                    json.dumps(state).encode(),
-                    "application/json",
-                    200 if state["ok"] else 503,
-                )
+                body, ctype, code = json.dumps(state).encode(), "application/json", 200 if state["ok"] else 503
             else:
                 body, ctype, code = b"not found\n", "text/plain", 404
             self.send_response(code)

@@ -21,9 +21,7 @@ from forensics.scoring import MahalanobisScorer
 @dataclass
 class CropScores:
     fake_prob: np.ndarray  # float64 [N], calibrated decision at thresholds["frame_prob"]
-    anomaly: (
-        np.ndarray
-    )  # float64 [N], the defence's crop score (pooled Mahalanobis score without defence.npz)
+    anomaly: np.ndarray  # float64 [N], the defence's crop score (pooled Mahalanobis score without defence.npz)
     anomalous: np.ndarray  # bool [N], anomaly > its crop threshold
 
 
@@ -36,9 +34,7 @@ class LoadedModel:
         # The scorer's matrix products are small: BLAS threads only fight ONNX Runtime's for the
         # cores (scoring ran at 0.37x the bare model on 2 cores, 0.93x with one BLAS thread).
         threadpool_limits(limits=1, user_api="blas")
-        self.net = OnnxDiscriminator(
-            artifact.model_path, providers=providers, intra_op_threads=intra_op_threads
-        )
+        self.net = OnnxDiscriminator(artifact.model_path, providers=providers, intra_op_threads=intra_op_threads)
         self.scorer = MahalanobisScorer.load(artifact.scorer_path)
         if tuple(self.net.feature_names) != tuple(self.scorer.layer_names):
             raise ModelError(
@@ -50,9 +46,7 @@ class LoadedModel:
         if DEFENCE_FILE in artifact.manifest.get("files", {}):
             self.defence = Defence.load(artifact.path / DEFENCE_FILE)
             if "channel" in self.defence.blocks and len(self.net.std_names) != len(self.net.feature_names):
-                raise ModelError(
-                    f"model {artifact.version}: defence.npz needs std0.. outputs that model.onnx lacks"
-                )
+                raise ModelError(f"model {artifact.version}: defence.npz needs std0.. outputs that model.onnx lacks")
         th = artifact.manifest.get("thresholds", {})
         try:
             self.frame_threshold = float(th["frame_prob"])
@@ -79,9 +73,7 @@ class LoadedModel:
     def score(self, images: np.ndarray) -> CropScores:
         """images: uint8 [N, S, S, 3] RGB crops at the model's input size."""
         if images.shape[1:3] != (self.size, self.size):
-            raise ValueError(
-                f"crops are {images.shape[1]}x{images.shape[2]}, model {self.artifact.version} wants {self.size}"
-            )
+            raise ValueError(f"crops are {images.shape[1]}x{images.shape[2]}, model {self.artifact.version} wants {self.size}")
         out = self.net.run(images)
         if self.defence is None:
             anomaly = self.scorer.score(out.features)

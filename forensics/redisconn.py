@@ -57,9 +57,7 @@ def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 3
 
 
 def connect_settings(settings: Settings, url: str) -> redis.Redis:
-    return connect(
-        url, connect_timeout=settings.redis.connect_timeout, socket_timeout=settings.redis.socket_timeout
-    )
+    return connect(url, connect_timeout=settings.redis.connect_timeout, socket_timeout=settings.redis.socket_timeout)
 
 
 def find_redis_server() -> str:

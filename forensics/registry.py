@@ -75,11 +75,7 @@ class Registry:
     def versions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        found = [
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.is_symlink() and _VERSION_RE.match(p.name)
-        ]
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and _VERSION_RE.match(p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def new_version(self) -> tuple[str, Path]:
@@ -235,11 +231,7 @@ class Registry:
         for rec in self.run_records():
             if rec.get("candidate"):
                 decisions.setdefault(rec["candidate"], []).append(
-                    {
-                        "run_id": rec.get("run_id"),
-                        "decision": rec.get("decision"),
-                        "reason": rec.get("reason"),
-                    }
+                    {"run_id": rec.get("run_id"), "decision": rec.get("decision"), "reason": rec.get("reason")}
                 )
         rows = []
         for v in self.versions():
@@ -260,9 +252,7 @@ class Registry:
                     "input_size": m.get("input_size"),
                     "auc": metrics.get("clean_video_auc", metrics.get("clean_auc")),
                     "complete": bool(m),
-                    "promotions": [
-                        {"at": h.get("at"), "reason": h.get("reason")} for h in history if h["version"] == v
-                    ],
+                    "promotions": [{"at": h.get("at"), "reason": h.get("reason")} for h in history if h["version"] == v],
                     "decisions": decisions.get(v, []),
                 }
             )

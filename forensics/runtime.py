@@ -17,9 +17,7 @@ from forensics.logs import get_logger
 class Inference:
     logits: np.ndarray  # float32 [N]; > threshold means FAKE
     features: list[np.ndarray]  # per tapped layer, float32 [N, C_l]: spatial means of the block's map
-    stds: list[np.ndarray] = dataclasses.field(
-        default_factory=list
-    )  # per layer [N, C_l]: spatial std; [] if absent
+    stds: list[np.ndarray] = dataclasses.field(default_factory=list)  # per layer [N, C_l]: spatial std; [] if absent
 
     @property
     def fake_prob(self) -> np.ndarray:

@@ -41,13 +41,7 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
         if len(pending) >= settings.detect.max_batch:
             flush()
     flush()
-    eof = {
-        "file": path.name,
-        "frames_decoded": stats.get("decoded", 0),
-        "frames_sampled": stats.get("sampled", 0),
-    }
-    verdict = file_verdict(
-        records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold
-    )
+    eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
+    verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
     return verdict

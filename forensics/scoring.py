@@ -220,7 +220,6 @@ class MahalanobisScorer:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> MahalanobisScorer:
         """The scorer of :meth:`to_arrays`' arrays; raises ModelError saying what is wrong."""
-
         def get(key: str) -> np.ndarray:
             if key not in arrays:
                 raise ModelError(f"missing array {key!r}")

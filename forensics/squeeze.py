@@ -21,9 +21,7 @@ Squeezer = Callable[[np.ndarray], np.ndarray]
 def bit_depth(images: np.ndarray, bits: int = 4) -> np.ndarray:
     """Keep ``bits`` bits per channel, rounding to the nearest level and mapping back to 0..255."""
     levels = (1 << bits) - 1
-    return (
-        (np.round(images.astype(np.float32) * (levels / 255.0)) * (255.0 / levels)).round().astype(np.uint8)
-    )
+    return (np.round(images.astype(np.float32) * (levels / 255.0)) * (255.0 / levels)).round().astype(np.uint8)
 
 
 def median3(images: np.ndarray) -> np.ndarray:
@@ -33,10 +31,7 @@ def median3(images: np.ndarray) -> np.ndarray:
 
 def blur(images: np.ndarray, sigma: float = 0.7) -> np.ndarray:
     """Gaussian blur with ``sigma`` pixels (kernel 5x5), reflected borders."""
-    out = [
-        cv2.GaussianBlur(np.ascontiguousarray(im), (5, 5), sigma, borderType=cv2.BORDER_REFLECT_101)
-        for im in images
-    ]
+    out = [cv2.GaussianBlur(np.ascontiguousarray(im), (5, 5), sigma, borderType=cv2.BORDER_REFLECT_101) for im in images]
     return np.stack(out) if len(images) else images
 
 

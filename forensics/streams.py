@@ -107,9 +107,7 @@ def read_group(
     return out
 
 
-def ack(
-    r: redis.Redis, stream: str, ids: list[bytes], group: str = DETECT_GROUP, *, delete: bool = False
-) -> None:
+def ack(r: redis.Redis, stream: str, ids: list[bytes], group: str = DETECT_GROUP, *, delete: bool = False) -> None:
     """Acknowledge entries; with ``delete``, also remove them (only when no other group reads the stream)."""
     if not ids:
         return
@@ -121,13 +119,7 @@ def ack(
 
 
 def reclaim_stale(
-    r: redis.Redis,
-    stream: str,
-    consumer: str,
-    *,
-    min_idle_ms: int,
-    count: int = 64,
-    group: str = DETECT_GROUP,
+    r: redis.Redis, stream: str, consumer: str, *, min_idle_ms: int, count: int = 64, group: str = DETECT_GROUP
 ) -> list[Entry]:
     """Take over entries pending longer than ``min_idle_ms`` (XAUTOCLAIM), with their delivery counts."""
     reply = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
@@ -135,9 +127,7 @@ def reclaim_stale(
     if not claimed:
         return []
     counts = {}
-    for p in r.xpending_range(
-        stream, group, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) * 4 + 16
-    ):
+    for p in r.xpending_range(stream, group, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) * 4 + 16):
         counts[p["message_id"]] = int(p["times_delivered"])
     return [Entry(eid, f, counts.get(eid, 1)) for eid, f in claimed]
 
@@ -158,9 +148,7 @@ def dead_letter(
     pipe.execute()
 
 
-def publish_json(
-    r: redis.Redis, stream: str, event: Mapping[str, Any], *, maxlen: int | None = None
-) -> bytes:
+def publish_json(r: redis.Redis, stream: str, event: Mapping[str, Any], *, maxlen: int | None = None) -> bytes:
     """XADD a JSON event as field ``event`` (and PUBLISH it on the channel of the same name)."""
     payload = json.dumps(event, separators=(",", ":"), allow_nan=False)
     pipe = r.pipeline(transaction=True)

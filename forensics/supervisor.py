@@ -51,11 +51,7 @@ class Supervisor:
         return env
 
     def _spawn(self, child: Child) -> None:
-        argv = (
-            [sys.executable, "-m", "forensics.cli"]
-            + (["--config", self.config] if self.config else [])
-            + child.argv
-        )
+        argv = [sys.executable, "-m", "forensics.cli"] + (["--config", self.config] if self.config else []) + child.argv
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -36,15 +36,7 @@ class CropRecord:
     box: list[int]
 
     def to_json(self) -> list:
-        return [
-            self.frame,
-            self.pts,
-            self.track,
-            round(self.prob, 6),
-            round(self.anomaly, 4),
-            int(self.anomalous),
-            self.box,
-        ]
+        return [self.frame, self.pts, self.track, round(self.prob, 6), round(self.anomaly, 4), int(self.anomalous), self.box]
 
     @classmethod
     def from_json(cls, v: list) -> CropRecord:
@@ -70,14 +62,7 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
         "faces_scored": len(recs),
     }
     if eof.get("error"):
-        return {
-            **base,
-            "label": "ERROR",
-            "score": None,
-            "error": eof["error"],
-            "anomaly_rate": None,
-            "tracks": {},
-        }
+        return {**base, "label": "ERROR", "score": None, "error": eof["error"], "anomaly_rate": None, "tracks": {}}
     if not recs:
         return {**base, "label": "NO_FACES", "score": None, "anomaly_rate": None, "tracks": {},
                 "reason": "no face was found in any sampled frame"}  # fmt: skip
@@ -110,14 +95,8 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
         "anomaly_rate": sum(r.anomalous for r in recs) / len(recs),
         "anomalous_tracks": sum(bool(t.get("anomalous")) for t in track_out.values()),
         "tracks": track_out,
-        "evidence": {
-            "frame": worst.frame,
-            "pts": worst.pts,
-            "box": worst.box,
-            "fake_prob": worst.prob,
-            "mahalanobis": worst.anomaly,
-            "track": worst.track,
-        },  # fmt: skip
+        "evidence": {"frame": worst.frame, "pts": worst.pts, "box": worst.box, "fake_prob": worst.prob,
+                     "mahalanobis": worst.anomaly, "track": worst.track},  # fmt: skip
     }
 
 

@@ -55,21 +55,15 @@ def resize_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     """
     w, h = frame.width, frame.height
     if frame.format.name != "yuv420p" or w % 2 or h % 2 or width % 2 or height % 2:
-        return frame.reformat(
-            width=width, height=height, format="rgb24", interpolation="FAST_BILINEAR"
-        ).to_ndarray()
+        return frame.reformat(width=width, height=height, format="rgb24", interpolation="FAST_BILINEAR").to_ndarray()
     planes = frame.to_ndarray()  # I420: Y [h, w], then U and V [h/2, w/2] each, stacked as [h*3/2, w]
     y = planes[:h]
     u = planes[h : h + h // 4].reshape(h // 2, w // 2)
     v = planes[h + h // 4 :].reshape(h // 2, w // 2)
     small = np.empty((height * 3 // 2, width), np.uint8)
     small[:height] = cv2.resize(y, (width, height), interpolation=cv2.INTER_LINEAR)
-    small[height : height + height // 4] = cv2.resize(
-        u, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR
-    ).reshape(-1, width)
-    small[height + height // 4 :] = cv2.resize(
-        v, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR
-    ).reshape(-1, width)
+    small[height : height + height // 4] = cv2.resize(u, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR).reshape(-1, width)
+    small[height + height // 4 :] = cv2.resize(v, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR).reshape(-1, width)
     return cv2.cvtColor(small, cv2.COLOR_YUV2RGB_I420)
 
 
@@ -141,9 +135,7 @@ def _check_size(path: Path, limits: LimitSettings) -> None:
     if size == 0:
         raise BadVideo(f"{path.name}: empty file")
     if size > limits.max_bytes:
-        raise BadVideo(
-            f"{path.name}: {size} bytes is over the limit of {limits.max_bytes} (ingest.limits.max_bytes)"
-        )
+        raise BadVideo(f"{path.name}: {size} bytes is over the limit of {limits.max_bytes} (ingest.limits.max_bytes)")
 
 
 def _is_still_or_text(format_name: str) -> bool:
@@ -235,17 +227,13 @@ def decode_file(
                     stats["sampled"] += 1
                     yield DecodedFrame(index=index, pts=t, frame=frame)
         except av.FFmpegError as err:
-            raise BadVideo(
-                f"{path.name}: decoding failed after {stats['decoded']} frames ({_ffmpeg_reason(err)})"
-            ) from None
+            raise BadVideo(f"{path.name}: decoding failed after {stats['decoded']} frames ({_ffmpeg_reason(err)})") from None
     if stats["decoded"] == 0:
         raise BadVideo(f"{path.name}: no decodable video frames")
     _check_complete(path, info, stats["decoded"], last_t, keyframes=sampler.mode == "keyframes")
 
 
-def _check_complete(
-    path: Path, info: VideoInfo, decoded: int, last_t: float | None, *, keyframes: bool
-) -> None:
+def _check_complete(path: Path, info: VideoInfo, decoded: int, last_t: float | None, *, keyframes: bool) -> None:
     # A file cut short usually still opens (the index is at the front) and decodes quietly
     # until the data runs out; compare what came out with what the header promised.
     if not keyframes and info.frames and decoded < info.frames * 0.98 - 1:

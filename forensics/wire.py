@@ -101,9 +101,7 @@ def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
     except (TypeError, ValueError):
         raise WireError(f"not a FrameBatch: schema version {f['v']!r} is not an integer") from None
     if version not in READABLE_VERSIONS:
-        raise WireError(
-            f"FrameBatch schema version {version} is not supported (expected one of {READABLE_VERSIONS})"
-        )
+        raise WireError(f"FrameBatch schema version {version} is not supported (expected one of {READABLE_VERSIONS})")
     try:
         meta = json.loads(f["meta"])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -118,9 +116,7 @@ def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
             raise WireError(f"FrameBatch shape {list(shape)} is not [N, S, S, 3]")
         data = f["data"]
         if len(data) != math.prod(shape):
-            raise WireError(
-                f"FrameBatch data has {len(data)} bytes, shape {list(shape)} needs {math.prod(shape)}"
-            )
+            raise WireError(f"FrameBatch data has {len(data)} bytes, shape {list(shape)} needs {math.prod(shape)}")
         batch = FrameBatch(
             source=meta["source"],
             seq=meta["seq"],
