@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from forensics.errors import ModelError
-from forensics.faces import ssd
+from forensics.faces.ssd import decode, ssd_anchors, weighted_nms
 from forensics.faces.detectors import Face
 from forensics.faces.model_files import litert_interpreter, packaged_model
 from forensics.faces.pixels import RgbPixels
@@ -43,7 +43,7 @@ class BlazeFaceDetector:
         # The regressor output is [1, 2304, 16], the classifier [1, 2304, 1]; order them by shape.
         outs = sorted(outs, key=lambda d: -int(d["shape"][-1]))
         self._boxes, self._scores = outs[0]["index"], outs[1]["index"]
-        self.anchors = ssd.ssd_anchors(_SIZE, [4])
+        self.anchors = ssd_anchors(_SIZE, [4])
         self.min_score = min_score
         self.nms_iou = nms_iou
         self._canvas = np.zeros((1, _SIZE, _SIZE, 3), np.float32)
@@ -63,10 +63,10 @@ class BlazeFaceDetector:
         self.interp.invoke()
         raw_boxes = self.interp.get_tensor(self._boxes)[0]
         raw_scores = self.interp.get_tensor(self._scores)[0]
-        dets, scores = ssd.decode(raw_boxes, raw_scores, self.anchors, _SIZE, self.min_score)
+        dets, scores = decode(raw_boxes, raw_scores, self.anchors, _SIZE, self.min_score)
         if len(scores) == 0:
             return []
-        dets, scores = ssd.weighted_nms(dets, scores, self.nms_iou)
+        dets, scores = weighted_nms(dets, scores, self.nms_iou)
         # input [0, 1] -> small pixels -> full-resolution pixels
         pts = (dets * _SIZE - np.array([px, py], np.float32)) * np.array(
             [scale * w / rw, scale * h / rh], np.float32
