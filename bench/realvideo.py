@@ -33,23 +33,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forensics.config import DetectSettings  # noqa: E402
-from forensics.model import load_model  # noqa: E402
-from forensics.registry import Registry  # noqa: E402
-from trainer.data import CropCache, CropConfig, read_dataset, split_by_group  # noqa: E402
+from forensics.config import DetectSettings
+from forensics.model import load_model
+from forensics.registry import Registry
+from trainer.data import CropCache, CropConfig, read_dataset, split_by_group
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
 
 
 def score_version(reg: Registry, version: str, cache: CropCache, test_videos, *, pgd_max: int, seed: int) -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from trainer import attacks  # noqa: PLC0415
-    from trainer.models import LogitsOnly, load_discriminator  # noqa: PLC0415
+    from trainer import attacks
+    from trainer.models import LogitsOnly, load_discriminator
 
     model = load_model(reg, version, intra_op_threads=1)
     art = model.artifact
@@ -69,7 +69,7 @@ def score_version(reg: Registry, version: str, cache: CropCache, test_videos, *,
         "trained_on": art.manifest.get("provenance"),
         "input_size": model.size,
         "test_videos": {"real": int((vlab == 0).sum()), "fake": int((vlab == 1).sum())},
-        "test_crops": int(len(y)),
+        "test_crops": len(y),
         "frame_auc": auc(prob, y),
         "video_auc": auc(vprob, vlab),
         "video_log_loss": float(-np.mean(vlab * np.log(p) + (1 - vlab) * np.log(1 - p))),
@@ -94,7 +94,7 @@ def score_version(reg: Registry, version: str, cache: CropCache, test_videos, *,
         with torch.no_grad():
             la = D(xa)[0].numpy()
         row["pgd10_4_success"] = float((la <= math.log(frame_thr / (1 - frame_thr))).mean())
-        row["pgd_attacked"] = int(len(hit))
+        row["pgd_attacked"] = len(hit)
     else:
         row["pgd10_4_success"], row["pgd_attacked"] = None, 0
     # Serving cost per face: the worker's whole per-crop call.

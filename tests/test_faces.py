@@ -8,7 +8,7 @@ from skimage import data as skdata
 
 from forensics.config import FaceSettings
 from forensics.errors import ConfigError
-from forensics.faces import FaceCropper, HaarDetector, IouTracker, build_cropper, iou, square_region
+from forensics.faces import FaceCropper, FaceTracker, HaarDetector, build_cropper, iou, square_region
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_square_crop_is_moved_inside_the_frame_and_shrunk_when_too_big():
 
 
 def test_tracker_keeps_ids_for_moving_faces_and_starts_new_ones():
-    t = IouTracker(iou_match=0.3)
+    t = FaceTracker(iou_match=0.3)
     assert t.assign([(0, 0, 50, 50), (200, 200, 260, 260)]) == [0, 1]
     assert t.assign([(205, 205, 265, 265), (5, 3, 55, 53)]) == [1, 0]
     assert t.assign([(400, 0, 450, 50)]) == [2]

@@ -26,7 +26,7 @@ def face():
     x0, y0, x1, y1 = square_region(f.int_box(), rgb.shape[1], rgb.shape[0], 1 / 3)
     scale = SIZE / (x1 - x0)
     crop = cv2.resize(rgb[y0:y1, x0:x1], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    to_crop = lambda p: ((np.asarray(p, np.float32) - [x0, y0]) * scale).astype(np.float32)  # noqa: E731
+    to_crop = lambda p: ((np.asarray(p, np.float32) - [x0, y0]) * scale).astype(np.float32)
     return crop, to_crop(f.landmarks), to_crop(f.mesh[list(FACE_OVAL)])
 
 
@@ -58,7 +58,7 @@ def test_blend_is_deterministic_per_seed(face):
 
 
 def test_crops_without_landmarks_are_counted_not_blended(face):
-    image, landmarks, outline = face
+    image, landmarks, _ = face
     assert self_blend(image, None, 0) is None
     assert self_blend(image, np.full((5, 2), np.nan, np.float32), 0) is None
     assert self_blend(image, landmarks[:2], 0) is None  # two points outline nothing

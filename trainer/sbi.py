@@ -93,7 +93,7 @@ def _source_transform(size: int, rng: np.random.Generator):
     ])  # fmt: skip
 
 
-def _smooth_displacement(size: int, rng: np.random.Generator, reach: float = 0.04) -> "torch.Tensor":
+def _smooth_displacement(size: int, rng: np.random.Generator, reach: float = 0.04):
     """An elastic displacement field for ``v2.functional.elastic``: float32 [1,S,S,2], up to ``reach`` x S pixels.
 
     Random vectors on a coarse 5x5 grid, upsampled bicubically: as smooth as the Gaussian-filtered
@@ -188,7 +188,7 @@ def self_blended_set(crops, seed: int):
     if not images:
         return reals, stats
     src = reals.subset(ok)
-    both = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
+    both = lambda a, b: None if a is None else np.concatenate([a, b])
     return CropSet(
         images=np.concatenate([reals.images, np.stack(images)]),
         labels=np.concatenate([reals.labels, np.full(len(images), FAKE, np.int64)]),

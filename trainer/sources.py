@@ -17,9 +17,10 @@ folder with DFDC labels, only its REAL videos are taken). Training from them alo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def _reals(cs: CropSet) -> CropSet:
 
 def _concat(a: CropSet, b: CropSet) -> CropSet:
     """Crops of ``a`` then of ``b``, where ``b`` indexes the same (or a longer) ``videos`` list."""
-    cat = lambda x, y: None if x is None or y is None else np.concatenate([x, y])  # noqa: E731
+    cat = lambda x, y: None if x is None or y is None else np.concatenate([x, y])
     return CropSet(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
                    np.concatenate([a.video, b.video]), np.concatenate([a.frame_index, b.frame_index]),
                    b.videos if len(b.videos) >= len(a.videos) else a.videos, cat(a.boxes, b.boxes),
@@ -168,13 +169,13 @@ def describe(videos, splits, crops, fakes: str, cfg, failed, blend) -> dict[str,
         "architecture": cfg.arch,
         "videos": {k: {"real": int(sum(v.label == REAL for v in cs.videos if "#sbi" not in v.name)),
                        "fake": int(sum(v.label == FAKE for v in cs.videos if "#sbi" not in v.name))}
-                   for k, cs in crops.items()},  # fmt: skip
+                   for k, cs in crops.items()},
         "crops": {k: {"real": int((cs.labels == REAL).sum()), "fake": int(((cs.labels == FAKE) & ~cs.is_blended()).sum()),
                       "self_blended": int(cs.is_blended().sum())}
-                  for k, cs in crops.items()},  # fmt: skip
+                  for k, cs in crops.items()},
         "self_blended": {"train_sources": n_blendable if "self-blended" in sources else 0,
                          "no_landmarks": int(len(real_idx) - n_blendable) if "self-blended" in sources else 0,
-                         **{k: {"blended": b.blended, "no_landmarks": b.no_landmarks} for k, b in blend.items()}},  # fmt: skip
+                         **{k: {"blended": b.blended, "no_landmarks": b.no_landmarks} for k, b in blend.items()}},
         "skipped_videos": {"count": len(failed), "reasons": skip_reasons(failed)},
         "roots": [str(p) for p in cfg.data],
         "real_only_roots": [str(p) for p in cfg.real_only],

@@ -20,11 +20,23 @@ from forensics.config import FaceSettings
 from forensics.faces.cropper import Crop, FaceCropper
 from forensics.faces.detectors import LANDMARK_NAMES, Face, FaceDetector, HaarDetector, OnnxFaceDetector
 from forensics.faces.geometry import Box, iou, square_region
-from forensics.faces.tracking import IouTracker
+from forensics.faces.tracking import FaceTracker
 
 __all__ = [
-    "LANDMARK_NAMES", "Box", "Crop", "Face", "FaceCropper", "FaceDetector", "HaarDetector", "IouTracker",
-    "OnnxFaceDetector", "build_cropper", "build_detector", "detect_faces", "iou", "square_region",
+    "LANDMARK_NAMES",
+    "Box",
+    "Crop",
+    "Face",
+    "FaceCropper",
+    "FaceDetector",
+    "FaceTracker",
+    "HaarDetector",
+    "OnnxFaceDetector",
+    "build_cropper",
+    "build_detector",
+    "detect_faces",
+    "iou",
+    "square_region",
 ]  # fmt: skip
 
 
@@ -33,7 +45,7 @@ def build_detector(settings: FaceSettings) -> FaceDetector | None:
     if settings.detector == "blazeface":
         from forensics.faces.blazeface import BlazeFaceDetector
 
-        return BlazeFaceDetector(settings.min_score)
+        return BlazeFaceDetector(min(settings.min_score, settings.continue_score))
     if settings.detector == "haar":
         return HaarDetector(settings.min_face)
     if settings.detector == "onnx":

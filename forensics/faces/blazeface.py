@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 
 from forensics.errors import ModelError
-from forensics.faces import ssd
+from forensics.faces.ssd import decode, ssd_anchors, weighted_nms
 from forensics.faces.detectors import Face
 from forensics.faces.model_files import litert_interpreter, packaged_model
+from forensics.faces.pixels import RgbPixels
 
 DETECTOR_FILE = "face_detection_full_range.tflite"
 MESH_FILE = "face_landmark.tflite"
@@ -42,7 +43,7 @@ class BlazeFaceDetector:
         # The regressor output is [1, 2304, 16], the classifier [1, 2304, 1]; order them by shape.
         outs = sorted(outs, key=lambda d: -int(d["shape"][-1]))
         self._boxes, self._scores = outs[0]["index"], outs[1]["index"]
-        self.anchors = ssd.ssd_anchors(_SIZE, [4])
+        self.anchors = ssd_anchors(_SIZE, [4])
         self.min_score = min_score
         self.nms_iou = nms_iou
         self._canvas = np.zeros((1, _SIZE, _SIZE, 3), np.float32)
@@ -62,10 +63,10 @@ class BlazeFaceDetector:
         self.interp.invoke()
         raw_boxes = self.interp.get_tensor(self._boxes)[0]
         raw_scores = self.interp.get_tensor(self._scores)[0]
-        dets, scores = ssd.decode(raw_boxes, raw_scores, self.anchors, _SIZE, self.min_score)
+        dets, scores = decode(raw_boxes, raw_scores, self.anchors, _SIZE, self.min_score)
         if len(scores) == 0:
             return []
-        dets, scores = ssd.weighted_nms(dets, scores, self.nms_iou)
+        dets, scores = weighted_nms(dets, scores, self.nms_iou)
         # input [0, 1] -> small pixels -> full-resolution pixels
         pts = (dets * _SIZE - np.array([px, py], np.float32)) * np.array(
             [scale * w / rw, scale * h / rh], np.float32
@@ -86,8 +87,8 @@ class FaceMesh:
         self._points, self._flag = outs[0]["index"], outs[1]["index"]
         self.min_presence = min_presence
 
-    def refine(self, rgb: np.ndarray, face: Face) -> Face:
-        """``face`` with ``mesh`` and the five ``landmarks`` filled from the full-resolution RGB frame.
+    def refine(self, pixels: RgbPixels, face: Face) -> Face:
+        """``face`` with ``mesh`` and the five ``landmarks`` filled from the full-resolution frame's pixels.
 
         When the mesh says there is no face in the ROI (presence below ``min_presence``), the
         landmarks come from BlazeFace's keypoints instead (mouth corners estimated from the mouth
@@ -97,8 +98,9 @@ class FaceMesh:
         x0, y0, x1, y1 = (float(v) for v in face.box)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         side = max(x1 - x0, y1 - y0) * 1.5
-        if kp is not None:
-            dx, dy = kp[1] - kp[0]
+        eyes = kp if kp is not None else face.landmarks
+        if eyes is not None:
+            dx, dy = eyes[1] - eyes[0]
             angle = float(np.arctan2(dy, dx))  # rotate so the eye line is horizontal
         else:
             angle = 0.0
@@ -108,7 +110,22 @@ class FaceMesh:
         src = np.float32([centre - ux - uy, centre + ux - uy, centre - ux + uy])
         dst = np.float32([[0, 0], [_SIZE, 0], [0, _SIZE]])
         m = cv2.getAffineTransform(src, dst)
-        roi = cv2.warpAffine(rgb, m, (_SIZE, _SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # Convert only the ROI's bounding rectangle (inside the frame) to RGB.
+        corners = np.vstack([src, centre + ux + uy])
+        bx0, by0 = (max(0, int(np.floor(v))) for v in corners.min(0))
+        bx1, by1 = (
+            min(pixels.width, int(np.ceil(corners[:, 0].max()))),
+            min(pixels.height, int(np.ceil(corners[:, 1].max()))),
+        )
+        if bx1 - bx0 < 2 or by1 - by0 < 2:
+            face.landmarks = _landmarks_from_keypoints(kp) if kp is not None else None
+            return face
+        shifted = m.copy()
+        shifted[:, 2] += m[:, :2] @ np.array([bx0, by0], np.float64)
+        region = np.ascontiguousarray(pixels.region(bx0, by0, bx1, by1))
+        roi = cv2.warpAffine(
+            region, shifted, (_SIZE, _SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         self.interp.set_tensor(self._in, (roi.astype(np.float32) * (1.0 / 255.0))[None])
         self.interp.invoke()
         flag = float(self.interp.get_tensor(self._flag).reshape(-1)[-1])
@@ -124,6 +141,25 @@ class FaceMesh:
             mesh[list(_EYE_R)].mean(0), mesh[list(_EYE_L)].mean(0), mesh[_NOSE], mesh[_MOUTH_R], mesh[_MOUTH_L],
         ]).astype(np.float32)  # fmt: skip
         return face
+
+    def follow(self, pixels: RgbPixels, last: Face) -> Face | None:
+        """``last`` (a face with a mesh) found again in this frame by the landmark model alone, or None if lost.
+
+        The box moves and scales with the five landmarks (a similarity fit), so it keeps the
+        detector's box convention.
+        """
+        probe = self.refine(pixels, Face(last.box.copy(), last.score, last.landmarks))
+        if probe.mesh is None or last.landmarks is None:
+            return None
+        m, _ = cv2.estimateAffinePartial2D(last.landmarks, probe.landmarks)
+        if m is None:
+            return None
+        scale = float(np.hypot(m[0, 0], m[1, 0]))
+        x0, y0, x1, y1 = (float(v) for v in last.box)
+        cx, cy = m @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
+        hw, hh = (x1 - x0) * scale / 2, (y1 - y0) * scale / 2
+        probe.box = np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32)
+        return probe
 
 
 def _landmarks_from_keypoints(kp: np.ndarray) -> np.ndarray:
