@@ -198,3 +198,137 @@ def test_systemd_common_settings_restart_with_limits_and_read_the_environment_fi
     for unit in UNITS[1:]:
         text = (DEPLOY / "systemd" / unit.replace("@1", "@")).read_text()
         assert "--config /etc/forensics/forensics.toml" in text and "WantedBy=forensics.target" in text
+
+
+# ---- Kubernetes -------------------------------------------------------------------------------------
+
+# The redis-streams trigger's metadata keys, as documented by KEDA ("Redis Streams" scaler,
+# keda.sh/docs/2.11/scalers/redis-streams, trigger specification and parameter list; the same list
+# through 2.16 and latest). A key outside it is silently ignored by KEDA, so a typo would scale on
+# the wrong thing: hence this check.
+KEDA_REDIS_STREAMS_KEYS = {
+    "address", "host", "port", "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup",
+    "pendingEntriesCount", "streamLength", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl",
+    "databaseIndex", "addressFromEnv", "hostFromEnv", "portFromEnv",
+}  # fmt: skip
+# TriggerAuthentication parameters of the same scaler (ibid., "Authentication Parameters").
+KEDA_REDIS_STREAMS_AUTH_PARAMS = {"username", "password"}
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to work on
+
+
+def _render(path: Path) -> list[dict]:
+    res = _run(_tool("kubectl"), "kustomize", str(path))
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {o: _render(DEPLOY / "k8s" / "overlays" / o) for o in ("cpu", "gpu")}
+
+
+def _by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_every_rendered_kubernetes_object_matches_the_kubernetes_schema(rendered, overlay):
+    import kubernetes_validate
+
+    checked = 0
+    for obj in rendered[overlay]:
+        if obj["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: checked against KEDA's documented keys below
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any error
+        checked += 1
+    kinds = {o["kind"] for o in rendered[overlay]}
+    assert {"Deployment", "StatefulSet", "ConfigMap", "Secret", "PersistentVolumeClaim", "Service",
+            "ScaledObject", "TriggerAuthentication"} <= kinds  # fmt: skip
+    assert checked >= 12
+
+
+def test_kubernetes_validate_rejects_a_misspelt_field():
+    import kubernetes_validate
+
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"replica": 2, "selector": {"matchLabels": {"a": "b"}},
+                    "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c"}]}}}}  # fmt: skip
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_detect_scales_on_the_detect_groups_lag_with_documented_keda_keys(rendered, overlay):
+    objs = rendered[overlay]
+    so = _by_kind(objs, "ScaledObject")["forensics-detect"]
+    assert so["spec"]["scaleTargetRef"]["name"] == "forensics-detect"
+    assert so["spec"]["fallback"]["replicas"] >= 1
+    streams = [t for t in so["spec"]["triggers"] if t["type"] == "redis-streams"]
+    assert len(streams) == 1
+    meta = streams[0]["metadata"]
+    assert set(meta) <= KEDA_REDIS_STREAMS_KEYS, set(meta) - KEDA_REDIS_STREAMS_KEYS
+    assert meta["stream"] == "forensics:frames" and meta["consumerGroup"] == "detect"
+    assert int(meta["lagCount"]) > 0 and "activationLagCount" in meta  # KEDA: required with lagCount
+    assert all(isinstance(v, str) for v in meta.values())  # KEDA metadata values are strings
+    assert any(t["type"] == "cpu" for t in so["spec"]["triggers"])
+    # the env var KEDA reads the address from exists on the scaled Deployment
+    detect = _by_kind(objs, "Deployment")["forensics-detect"]
+    env = {e["name"] for e in detect["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert meta["addressFromEnv"] in env
+    auth = _by_kind(objs, "TriggerAuthentication")[streams[0]["authenticationRef"]["name"]]
+    secrets = _by_kind(objs, "Secret")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["parameter"] in KEDA_REDIS_STREAMS_AUTH_PARAMS
+        assert ref["name"] in secrets and ref["key"] in secrets[ref["name"]]["data"]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_every_role_has_probes_resources_and_existing_config_secret_and_volumes(rendered, overlay):
+    objs = rendered[overlay]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    deployments = _by_kind(objs, "Deployment")
+    assert set(deployments) == {"forensics-ingest", "forensics-detect", "forensics-web", "forensics-trainer"}
+    for name, dep in deployments.items():
+        spec = dep["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        assert "livenessProbe" in c and c["resources"]["requests"]["cpu"], name
+        assert name == "forensics-trainer" or "readinessProbe" in c, name
+        assert spec["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"]
+        for v in spec["volumes"]:
+            if "configMap" in v:
+                assert ("ConfigMap", v["configMap"]["name"]) in names, (name, v)
+            if "persistentVolumeClaim" in v:
+                assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in names, (name, v)
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ("Secret", ref["name"]) in names, (name, e)
+    config = next(o for o in objs if o["kind"] == "ConfigMap")
+    assert config["data"]["forensics.toml"] == (DEPLOY / "config" / "forensics.toml").read_text()
+    assert _by_kind(objs, "PersistentVolumeClaim")["forensics-models"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_gpu_overlay_gives_detect_a_gpu_and_the_gpu_image(rendered):
+    for overlay, gpu in (("cpu", False), ("gpu", True)):
+        detect = _by_kind(rendered[overlay], "Deployment")["forensics-detect"]["spec"]["template"]["spec"]
+        c = detect["containers"][0]
+        assert ("nvidia.com/gpu" in c["resources"].get("limits", {})) == gpu
+        assert ("forensics-gpu" in c["image"]) == gpu
+        web = _by_kind(rendered[overlay], "Deployment")["forensics-web"]["spec"]["template"]["spec"]
+        assert "gpu" not in web["containers"][0]["image"]
+
+
+def test_cpu_hpa_component_replaces_the_keda_scaler(tmp_path):
+    overlay = tmp_path / "no-keda"
+    overlay.mkdir()
+    rel = Path("../" * len(overlay.parts[1:])).joinpath(*(DEPLOY / "k8s").parts[1:])
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{rel}/overlays/cpu]\ncomponents: [{rel}/components/cpu-hpa]\n"
+    )
+    objs = _render(overlay)
+    import kubernetes_validate
+
+    assert not [o for o in objs if o["apiVersion"].startswith("keda.sh/")]
+    hpa = _by_kind(objs, "HorizontalPodAutoscaler")["forensics-detect"]
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "forensics-detect"
