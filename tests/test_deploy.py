@@ -332,3 +332,54 @@ def test_cpu_hpa_component_replaces_the_keda_scaler(tmp_path):
     hpa = _by_kind(objs, "HorizontalPodAutoscaler")["forensics-detect"]
     kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
     assert hpa["spec"]["scaleTargetRef"]["name"] == "forensics-detect"
+
+
+# ---- Grafana ---------------------------------------------------------------------------------------
+
+
+def _exported_sample_names(settings, r) -> set[str]:
+    """Every sample name the daemon's /metrics endpoints expose (detect and ingest), from the real code."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from forensics.metrics import DetectMetrics
+    from workers.live import LiveSupervisor
+
+    detect = DetectMetrics()
+    detect.batch(3)
+    detect.alert("verdict")
+    detect.observe_inference(0.01, 3)
+    detect.set_model("v1")
+    detect.backlog.set(4)
+    settings.sources = [{"id": "cam", "url": "rtsp://127.0.0.1:1/none"}]
+    ingest = LiveSupervisor(settings, r)  # not started: its collector reads the sources' counters
+    names = set()
+    for registry in (detect.registry, ingest.registry):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            names.update(s.name for s in family.samples)
+    return names
+
+
+def test_grafana_dashboard_queries_only_metrics_the_code_exports(settings, r):
+    import json
+
+    dash = json.loads((DEPLOY / "grafana" / "forensics.json").read_text())
+    exported = _exported_sample_names(settings, r)
+    used = set()
+    for panel in dash["panels"]:
+        assert panel["targets"], panel["title"]
+        for t in panel["targets"]:
+            expr = t["expr"]
+            assert expr.count("(") == expr.count(")"), expr
+            names = set(re.findall(r"\bforensics_[a-z0-9_]+", expr))
+            assert names, (panel["title"], expr)
+            assert names <= exported, (panel["title"], names - exported)
+            used |= names
+    # what the issue asks the dashboard to show: ingest rates, drops by reason, backlog, inference
+    # latency, alerts by kind, model version
+    for needed in ("forensics_live_images_sent_total", "forensics_live_frames_dropped_total",
+                   "forensics_detect_backlog", "forensics_detect_inference_seconds_bucket",
+                   "forensics_detect_alerts_total", "forensics_detect_model_info"):  # fmt: skip
+        assert needed in used, needed
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
