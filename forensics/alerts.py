@@ -25,7 +25,7 @@ import numpy as np
 import redis
 
 from forensics.errors import ForensicsError
-from forensics.streams import Keys
+from forensics.streams import Keys, replicated
 
 SCHEMA_VERSION = 1
 KINDS = ("verdict", "deepfake", "anomaly", "source")
@@ -69,8 +69,10 @@ class AlertWriter:
     def emit(self, alert: dict[str, Any]) -> bool:
         """True if published now, False if this alert id was already published."""
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
-        marker = f"{self.keys.prefix}:alert-ids:{alert['alert_id']}"
-        return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
+        marker = self.keys.alert_marker(alert["alert_id"])
+        with replicated(self.r, self.keys, self.keys.alerts) as c:  # on a cluster: survives a failover
+            return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl],
+                                     client=c))  # fmt: skip
 
 
 def parse_alert(raw: bytes | str) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def find_alert(r: redis.Redis, keys: Keys, alert_id: str, *, chunk: int = 500) -
 
 def evidence_key(keys: Keys, source: str) -> str:
     """Hash of a source's evidence crops (PNG bytes), kept by detect workers for evidence_ttl_s."""
-    return f"{keys.prefix}:crops:{source}"
+    return keys.crops(source)
 
 
 def evidence_field(frame: int, track: int | None) -> str:

@@ -304,7 +304,7 @@ class LiveSource:
         self.id = cfg.id
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.key = self.keys.source(cfg.id)
         self.alerts = alerts or AlertWriter(r, self.keys)
         self.url_shown = redact(cfg.url)
@@ -568,7 +568,7 @@ class LiveSource:
 
     # -- sender thread ------------------------------------------------------------------------
     def _send_loop(self) -> None:
-        frames_key = self.keys.frames
+        frames_key = self.keys.frames_for(self.id)
         redis_down = False
         while not self._stop.is_set():
             if not self.pending.wait(0.25):
@@ -627,7 +627,7 @@ class LiveSource:
             info={"connection": s.connection},
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(batch))
+        pipe.xadd(self.keys.frames_for(self.id), encode(batch))
         pipe.hincrby(self.key, "batches_sent", 1)
         pipe.hincrby(self.key, "frames_sent", 1)
         pipe.hincrby(self.key, "images_sent", n)
@@ -797,7 +797,7 @@ class LiveSupervisor:
     def __init__(self, settings: Settings, r: redis.Redis, sources: list[LiveSourceSettings] | None = None):
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.log = get_logger()
         self._wake = threading.Event()
         alerts = AlertWriter(r, self.keys)
@@ -812,7 +812,8 @@ class LiveSupervisor:
         return next(s for s in self.sources if s.id == source_id)
 
     def start(self) -> None:
-        ensure_group(self.r, self.keys.frames)
+        for stream in self.keys.frames_shards:
+            ensure_group(self.r, stream)
         port = self.settings.ingest.metrics_port
         if port is not None and self._metrics_server is None:
             self._metrics_server, _ = start_http_server(port, registry=self.registry)
@@ -886,11 +887,10 @@ _FLOAT_FIELDS = {"fps", "lag_s", "retry_in_s", "last_frame_at", "last_sent_at"}
 def source_rows(r: redis.Redis, settings: Settings) -> list[dict]:
     """Every source hash under the prefix (live and file), plus configured live sources never
     started (state ``unknown``), sorted by id. Numbers are ints/floats, the rest strings."""
-    keys = Keys(settings.redis.prefix)
-    head = keys.source("")
+    keys = Keys.for_settings(settings)
     rows: dict[str, dict] = {}
-    for key in r.scan_iter(match=f"{head}*", count=500):
-        source_id = key.decode()[len(head) :]
+    for key in r.scan_iter(match=keys.source_pattern, count=500):
+        source_id = keys.source_id_of(key.decode())
         row: dict = {"id": source_id}
         for k, v in r.hgetall(key).items():
             name, text = k.decode(), v.decode()
