@@ -30,7 +30,7 @@ def _tool(name: str) -> str:
 
 
 def _run(*argv: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, **kw)
 
 
 # ---- images -------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def _final_stage(text: str) -> str:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_image_runs_as_a_fixed_non_root_user_with_a_healthcheck(dockerfile):
     final = _final_stage(dockerfile.read_text())
-    users = re.findall(r"^USER (\S+)", final, re.M)
+    users = re.findall(r"^USER (\S+)", final, re.MULTILINE)
     assert users == ["10001"]
     assert "HEALTHCHECK" in final and "ENTRYPOINT" in final
 
@@ -72,7 +72,7 @@ def test_image_runs_as_a_fixed_non_root_user_with_a_healthcheck(dockerfile):
 def test_images_install_only_through_install_sh(name, extras, gpu):
     """The package is installed by deploy/install.sh, the same script bootstrap.sh (CI) runs."""
     text = (DEPLOY / "docker" / name).read_text()
-    installs = re.findall(r"^RUN bash deploy/install.sh /opt/forensics(.*)$", text, re.M)
+    installs = re.findall(r"^RUN bash deploy/install.sh /opt/forensics(.*)$", text, re.MULTILINE)
     assert len(installs) == 1
     args = installs[0].split()
     assert (args[0] if args and not args[0].startswith("--") else None) == extras
@@ -166,7 +166,7 @@ def _analyze(unit_dir: Path, *args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("systemd-analyze")
     assert exe, "systemd-analyze missing: deploy/bootstrap.sh installs it (apt-get install systemd)"
     env = {"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": f"{unit_dir}:", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, env=env, cwd=unit_dir)
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, env=env, cwd=unit_dir, check=False)
 
 
 def test_systemd_units_verify_clean(unit_dir):
@@ -194,7 +194,7 @@ def test_systemd_common_settings_restart_with_limits_and_read_the_environment_fi
     for line in ("Restart=on-failure", "StartLimitBurst=5", "StartLimitIntervalSec=300", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "ReadWritePaths=/var/lib/forensics", "PrivateTmp=yes",
                  "EnvironmentFile=/etc/forensics/forensics.env", "User=forensics"):  # fmt: skip
-        assert re.search(rf"^{re.escape(line)}$", common, re.M), line
+        assert re.search(rf"^{re.escape(line)}$", common, re.MULTILINE), line
     for unit in UNITS[1:]:
         text = (DEPLOY / "systemd" / unit.replace("@1", "@")).read_text()
         assert "--config /etc/forensics/forensics.toml" in text and "WantedBy=forensics.target" in text
