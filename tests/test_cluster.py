@@ -63,6 +63,11 @@ def test_sources_spread_over_shards():
     assert min(counts) > 70, counts
 
 
+def test_cluster_mode_over_a_unix_socket_is_refused_with_one_line(tmp_path):
+    with pytest.raises(RedisUnavailable, match="reached over TCP"):
+        connect(f"unix://{tmp_path}/redis.sock", cluster=True)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=0) as c:
