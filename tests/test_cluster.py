@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from forensics.config import load_settings
 from forensics.errors import RedisUnavailable
 from forensics.redisconn import connect, connect_settings
+from forensics.sources import source_rows
 from forensics.streams import Keys, total_backlog
 from tests.media import write_test_video
 from tests.redis_cluster import LocalCluster
@@ -22,7 +23,7 @@ from tests.test_live import RtspServer
 from trainer.synth import render_sample_clip
 from workers.detect import DetectWorker
 from workers.ingest import FileIngest
-from workers.live import LiveSupervisor, source_rows
+from workers.live import LiveSupervisor
 
 
 def _slot(key: str) -> int:
