@@ -34,9 +34,9 @@ if [ "$editable" = 1 ]; then
   # torch==2.14.1 / torchvision==0.29.1 come from pip's local cache on the project's machines.
   "${pip[@]}" install -q -e "$target"
 else
-  "${pip[@]}" install -q --no-cache-dir "$target"
+  "${pip[@]}" install -q "$target"     # images set PIP_NO_CACHE_DIR=1; CI reuses pip's cache
 fi
 if [ "$gpu" = 1 ]; then
   "${pip[@]}" uninstall -q -y onnxruntime
-  "${pip[@]}" install -q --no-cache-dir onnxruntime-gpu
+  "${pip[@]}" install -q onnxruntime-gpu
 fi

@@ -34,12 +34,12 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 
 
 class Keys:
-    """Names of every Redis key, under one prefix.
+    """Names of every Redis key, under one prefix. Nothing else builds a key name.
 
     Single Redis with one shard (the default): ``<prefix>:frames``, ``<prefix>:sources:<id>``, ...
     as documented. Sharded (``shards > 1``) or on a Redis Cluster, the frames stream is split into
     ``shards`` streams, a source always writing to shard ``shard_of(source)``; that shard's stream and
-    every key of its sources (state hash, ingest progress, file aggregation, live window and state,
+    every key of its sources (state hash, ingest progress, file aggregate, live window and state,
     evidence crops) carry the shard's hash tag, so they live in one cluster slot and every
     MULTI/EXEC or Lua script on them touches one slot. On a cluster the other keys share the tag
     ``{<prefix>}`` (the prefix is written with braces: ``{forensics}:alerts``): an alert's dedupe
@@ -52,14 +52,19 @@ class Keys:
         self.name = prefix
         self.shards = shards
         self.cluster = cluster
-        self.prefix = f"{{{prefix}}}" if cluster else prefix
         self.tagged = cluster or shards > 1
-        self.results = f"{self.prefix}:results"
-        self.alerts = f"{self.prefix}:alerts"
-        self.dead = f"{self.prefix}:dead"
-        self.model = f"{self.prefix}:model"
-        self.errors = f"{self.prefix}:errors"
-        self._tags = [shard_tag(prefix, i, shards) for i in range(shards)] if self.tagged else [""]
+        self.prefix = prefix = f"{{{prefix}}}" if cluster else prefix
+        self.results = f"{prefix}:results"  # stream of per-batch scores
+        self.alerts = f"{prefix}:alerts"  # stream + pub/sub channel of alerts
+        self.dead = f"{prefix}:dead"  # stream: entries that failed N deliveries
+        self.model = f"{prefix}:model"  # key + channel: current model version
+        self.errors = f"{prefix}:errors"  # hash: delivery errors per entry id (detect)
+        self.labels = f"{prefix}:labels"  # hash: alert id -> analyst's label record
+        self.retrain_lock = f"{prefix}:retrain:lock"  # one retraining at a time
+        self.retrain_last = f"{prefix}:retrain:last"  # the last run's id and start
+        self.retrain_refine = f"{prefix}:retrain:refine"  # the adversarial radius refinement state
+        self._tags = [shard_tag(self.name, i, shards) for i in range(shards)] if self.tagged else [""]
+        # streams of FrameBatches, group "detect"
         self.frames_shards = [self._in_shard(i, "frames") for i in range(shards)]
 
     @classmethod
@@ -86,9 +91,12 @@ class Keys:
         return self.frames_shards[self.shard_of(source)]
 
     def _per_source(self, what: str, source: str) -> str:
-        return self._in_shard(self.shard_of(source), f"{what}:{source}") if self.tagged else f"{self.prefix}:{what}:{source}"
+        if self.tagged:
+            return self._in_shard(self.shard_of(source), f"{what}:{source}")
+        return f"{self.prefix}:{what}:{source}"
 
     def source(self, source_id: str) -> str:
+        """Hash: a source's state and counters (forensics.sources)."""
         return self._per_source("sources", source_id)
 
     @property
@@ -101,30 +109,34 @@ class Keys:
         return key.rsplit(":sources:", 1)[1]
 
     def ingest_progress(self, file_key: str, source: str = "") -> str:
-        """A dropped file's ingest progress; sharded, it lives beside its source's frames shard."""
+        """Hash: how far a dropped file's ingestion got; sharded, beside its source's frames shard."""
         if not self.tagged:
             return f"{self.prefix}:ingest:{file_key}"
         return self._in_shard(self.shard_of(source), f"ingest:{file_key}")
 
-    def aggregation(self, source: str) -> str:
-        """Hash of a file's scored batches until its verdict."""
+    def alert_marker(self, alert_id: str) -> str:
+        """Key: set once an alert id was published (writers deduplicate on it); alerts stream's slot."""
+        return f"{self.prefix}:alert-ids:{alert_id}"
+
+    def evidence(self, source: str) -> str:
+        """Hash: a source's evidence crops (PNG) by frame and track."""
+        return self._per_source("crops", source)
+
+    def label_crops(self, alert_id: str) -> str:
+        """Hash: the crops kept with an analyst's label, for retraining (the labels hash's slot)."""
+        return f"{self.prefix}:labels:crops:{alert_id}"
+
+    def aggregate(self, source: str) -> str:
+        """Hash: a file source's per-batch scores until its verdict."""
         return self._per_source("agg", source)
 
     def window(self, source: str) -> str:
-        """Sorted set: a live source's crops in the sliding window."""
+        """Sorted set: a live source's recent scores (the sliding window)."""
         return self._per_source("win", source)
 
     def live_state(self, source: str) -> str:
-        """Hash: a live source's alert hysteresis state."""
+        """Hash: a live source's alert state (hysteresis)."""
         return self._per_source("live", source)
-
-    def crops(self, source: str) -> str:
-        """Hash: a source's evidence crops (PNG)."""
-        return self._per_source("crops", source)
-
-    def alert_marker(self, alert_id: str) -> str:
-        """SET NX marker of a published alert id (in the alerts stream's slot on a cluster)."""
-        return f"{self.prefix}:alert-ids:{alert_id}"
 
 
 def shard_tag(prefix: str, shard: int, shards: int) -> str:

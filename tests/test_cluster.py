@@ -34,8 +34,8 @@ def test_default_key_names_are_unchanged():
     k = Keys("forensics")
     assert (k.frames, k.alerts, k.results, k.dead, k.model) == (
         "forensics:frames", "forensics:alerts", "forensics:results", "forensics:dead", "forensics:model")  # fmt: skip
-    assert k.source("cam") == "forensics:sources:cam" and k.aggregation("f") == "forensics:agg:f"
-    assert (k.window("c"), k.live_state("c"), k.crops("c")) == ("forensics:win:c", "forensics:live:c", "forensics:crops:c")
+    assert k.source("cam") == "forensics:sources:cam" and k.aggregate("f") == "forensics:agg:f"
+    assert (k.window("c"), k.live_state("c"), k.evidence("c")) == ("forensics:win:c", "forensics:live:c", "forensics:crops:c")
     assert k.ingest_progress("abc", "f") == "forensics:ingest:abc" and k.alert_marker("x") == "forensics:alert-ids:x"
     assert k.frames_shards == ["forensics:frames"]
 
@@ -46,7 +46,7 @@ def test_each_sources_keys_share_one_slot_with_its_frames_shard(shards):
     for source in ("cam1", "lobby", "clip-0a1b2c3d", "x" * 64):
         shard = k.frames_for(source)
         assert shard in k.frames_shards
-        same = {k.source(source), k.aggregation(source), k.window(source), k.live_state(source), k.crops(source),
+        same = {k.source(source), k.aggregate(source), k.window(source), k.live_state(source), k.evidence(source),
                 k.ingest_progress("f00d", source), shard}  # fmt: skip
         assert len({_slot(key) for key in same}) == 1, same
         assert k.source_id_of(k.source(source)) == source

@@ -80,16 +80,18 @@ def test_images_install_only_through_install_sh(name, extras, gpu):
     assert "pip install" not in text  # no second install path
 
 
-def test_bootstrap_uses_the_same_install_script():
+def test_bootstrap_and_the_base_only_venv_use_the_same_install_script():
     text = (DEPLOY / "bootstrap.sh").read_text()
     assert "deploy/install.sh .venv train,dev --editable" in text
     assert "pip install" not in text
+    # tests/test_base_only.py builds its venv with the runtime image's very RUN step
+    assert '["bash", "deploy/install.sh", str(venv)]' in (ROOT / "tests" / "test_base_only.py").read_text()
 
 
 def test_gpu_swap_never_keeps_both_onnxruntimes():
     text = (DEPLOY / "install.sh").read_text()
     swap = text[text.index('if [ "$gpu" = 1 ]') :]
-    assert swap.index("uninstall -q -y onnxruntime") < swap.index("install -q --no-cache-dir onnxruntime-gpu")
+    assert swap.index("uninstall -q -y onnxruntime") < swap.index("install -q onnxruntime-gpu")
 
 
 def test_install_sh_rejects_an_unknown_option(tmp_path):
