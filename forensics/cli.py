@@ -200,6 +200,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.web.server import print_password_hash, run_web
+
+    return print_password_hash() if args.hash_password else run_web(settings, config=args.config)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.demo import run_demo
 
@@ -460,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detect-workers", type=int, default=1)
     s.add_argument("--max-restarts", type=int, default=5, help="per role within a minute, then give up")
     s.set_defaults(func=cmd_up, role="supervisor")
+
+    s = sub.add_parser("web", help="the console: sources, live alerts with faces, verdict timelines, labels, models")
+    s.add_argument("--hash-password", action="store_true", help="print the argon2 hash of a password read from stdin")
+    s.set_defaults(func=cmd_web, role="web")
 
     s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
     s.add_argument("--videos", type=int, default=240, help="synthetic training videos")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -273,6 +273,41 @@ class RetrainSettings(_Section):
         return v
 
 
+class WebUser(_Section):
+    """One console user. viewer: read; analyst: also label alerts; admin: also promote/roll back models."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Login name (recorded as `by` on labels).")
+    role: Literal["viewer", "analyst", "admin"] = Field("viewer", description="What the user may do.")
+    password_hash: str | None = Field(
+        None, description="argon2 hash of the password (`forensics web --hash-password` prints one); unset: no login."
+    )
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 (hex) of an API token sent as `Authorization: Bearer <token>`; unset: no token.",
+    )  # fmt: skip
+
+
+class WebSettings(_Section):
+    """The console (`forensics web`). Without users it serves only on a loopback address."""
+
+    host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback needs `users`.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port).")
+    users: list[WebUser] = Field(default_factory=list, description="Who may sign in, with which role.")
+    local_role: Literal["viewer", "analyst", "admin"] | None = Field(
+        "analyst", description="Role of every visitor when no users are configured (loopback only); unset: refuse."
+    )
+    session_secret: SecretStr | None = Field(
+        None, description="Key that signs session cookies; unset: a random one per process (sign-ins end on restart)."
+    )
+    session_max_age_s: int = Field(12 * 3600, ge=60, description="A sign-in lasts this long, seconds.")
+    secure_cookies: bool = Field(False, description="Send the session cookie over HTTPS only (set behind TLS).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the console answers to besides the bind address (loopback names always).",
+    )
+    explain_timeout_s: float = Field(180.0, gt=0, description="Longest a saliency figure may take, seconds.")
+
+
 class Settings(BaseSettings):
     """Everything a process of the daemon can be told. One instance per process."""
 
@@ -296,6 +331,7 @@ class Settings(BaseSettings):
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _unique_source_ids(self) -> Settings:
