@@ -12,8 +12,8 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from forensics import __version__
 from forensics.config import Settings, load_settings
@@ -193,6 +193,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if settings.ingest.watch_dir is not None or settings.sources or args.watch:
         roles.append(("ingest", ["ingest"] + (["--watch", str(args.watch)] if args.watch else [])))
     roles += [(f"detect-{i}", ["detect"]) for i in range(args.detect_workers)]
+    if not args.no_web:
+        from forensics.web.access import check_bind
+
+        check_bind(settings.web)  # one line now, not a role that keeps failing
+        roles.append(("web", ["web"]))
     sup = Supervisor(settings, roles, config=args.config, max_restarts=args.max_restarts)
     url = sup.start()
     print(f"forensics up: {', '.join(n for n, _ in roles)} on {url}", flush=True)
@@ -203,13 +208,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.web.server import print_password_hash, run_web
 
-    return print_password_hash() if args.hash_password else run_web(settings, config=args.config)
+    return print_password_hash() if args.hash_password else run_web(settings, config=args.config, port=args.port)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.demo import run_demo
 
-    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config)
+    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config, serve=args.serve)
 
 
 def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
@@ -461,19 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--count", type=int, default=0, help="exit after this many alerts")
     s.set_defaults(func=cmd_alerts, role="alerts")
 
-    s = sub.add_parser("up", help="run ingest and detect (and an embedded Redis) as supervised local processes")
+    s = sub.add_parser("up", help="run ingest, detect and the console (and an embedded Redis) as supervised local processes")
     s.add_argument("--watch", type=Path, metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
     s.add_argument("--detect-workers", type=int, default=1)
     s.add_argument("--max-restarts", type=int, default=5, help="per role within a minute, then give up")
+    s.add_argument("--no-web", action="store_true", help="do not start the console (forensics web)")
     s.set_defaults(func=cmd_up, role="supervisor")
 
     s = sub.add_parser("web", help="the console: sources, live alerts with faces, verdict timelines, labels, models")
     s.add_argument("--hash-password", action="store_true", help="print the argon2 hash of a password read from stdin")
+    s.add_argument("--port", type=int, help="TCP port (default: web.port)")
     s.set_defaults(func=cmd_web, role="web")
 
     s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
     s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
+    s.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the daemon and console running after the verdicts (default: on a terminal)")
     s.set_defaults(func=cmd_demo, role="demo")
 
     s = sub.add_parser("synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)")

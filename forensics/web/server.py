@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
+import time
+import urllib.request
 
 import uvicorn
 
@@ -34,8 +36,38 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_web(settings: Settings, *, config: str | None = None) -> int:
+def free_console_port(host: str, preferred: int) -> int:
+    """``preferred`` if it can be bound on ``host`` now, else a free port chosen by the OS."""
+    for port in (preferred, 0):
+        try:
+            sock = bind_socket(host, port)
+        except ConfigError:
+            continue
+        try:
+            return sock.getsockname()[1]
+        finally:
+            sock.close()
+    raise ConfigError(f"no free port on {host} for the console")
+
+
+def wait_for_console(url: str, timeout_s: float = 30.0) -> bool:
+    """True once the console at ``url`` answers (its /api/me), False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "api/me", timeout=2) as res:
+                if res.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run_web(settings: Settings, *, config: str | None = None, port: int | None = None) -> int:
     """Serve the console until SIGINT/SIGTERM. Refuses a non-loopback bind without users (ConfigError)."""
+    if port is not None:
+        settings.web.port = port
     cfg = settings.web
     check_bind(cfg)
     app = create_app(settings, config=config)

@@ -40,7 +40,7 @@ function chart(tl, threshold) {
     data.push(data[0].map(() => threshold));
     series.push({ label: "threshold", stroke: "#555", dash: [6, 4], width: 1, points: { show: false } });
   }
-  const width = Math.max(320, Math.min(900, el.clientWidth || 900));
+  const width = Math.max(320, Math.min(1000, (el.clientWidth || 900) - 20));
   new uPlot({ width, height: 280, series, scales: { x: { time: false }, y: { range: [0, 1] } },
     axes: [{ label: tl.x === "pts" ? "seconds" : "frame" }, { label: "fake probability" }] }, data, el);
 }
