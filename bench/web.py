@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,8 +73,9 @@ def start_web(redis_url: str, work: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "FORENSICS_REDIS__URL": redis_url, "FORENSICS_REDIS__PREFIX": PREFIX,
            "FORENSICS_MODELS_DIR": str(work / "models"), "FORENSICS_STATE_DIR": str(work / "state"),
            "FORENSICS_WEB__PORT": str(port), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "web"], env=env,
-                            stdout=open(work / "web.log", "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    with open(work / "web.log", "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "web"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     if not wait_for_console(url, 60):
         proc.kill()
@@ -166,7 +166,7 @@ def main() -> None:
 
             if not args.no_browser:
                 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-                from tests.browser import chromium  # noqa: PLC0415
+                from tests.browser import chromium
 
                 with chromium() as driver:
                     result["page_load"]["browser"] = page_load(driver, base, args.loads)

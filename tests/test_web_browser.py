@@ -29,8 +29,9 @@ def start_console(settings, log: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "FORENSICS_REDIS__URL": settings.redis.url, "FORENSICS_REDIS__PREFIX": settings.redis.prefix,
            "FORENSICS_MODELS_DIR": str(settings.models_dir), "FORENSICS_STATE_DIR": str(settings.state_dir),
            "FORENSICS_WEB__PORT": str(port), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "web"], env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "web"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
