@@ -410,3 +410,19 @@ def test_sse_feed_delivers_new_alerts_filtered_and_resumes_after_last_event_id(t
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.slow
+def test_saliency_figure_failures_are_one_clear_line(app_with_users, r, prefix):
+    """`forensics explain` runs in a child process; what it refuses comes back as its one-line reason."""
+    app, _ = app_with_users
+    aid = _seed_alert(r, prefix)["alert_id"]  # raised by a model whose sha256 is not the registry's v0001
+    with TestClient(app, base_url=BASE) as c:
+        _login(c, "vera")
+        d = c.get("/api/alert", params={"id": aid}).json()
+        assert d["explain"] == {"available": True, "howto": None}  # the trainer extra is installed here
+        assert c.get("/api/alert/explain", params={"id": "no-such-alert"}).status_code == 404
+        res = c.get("/api/alert/explain", params={"id": aid})
+        assert res.status_code == 422, res.text
+        err = res.json()["error"]
+        assert "is not the one that raised alert" in err and "\n" not in err and "Traceback" not in err

@@ -57,7 +57,7 @@ def wait_for(driver, script: str, timeout: float, poll: float = 0.25):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {script}")
 
 
-def run_console_e2e(settings, clip_dir: Path, shot_prefix: str = "web") -> dict:
+def run_console_e2e(settings, clip_dir: Path, shot_prefix: str = "web", *, explain: bool = False) -> dict:
     """The scenario, on any settings with a promoted model; returns what it saw (for tests and docs)."""
     import redis
 
@@ -106,6 +106,14 @@ def run_console_e2e(settings, clip_dir: Path, shot_prefix: str = "web") -> dict:
             out["chart_note"] = driver.execute_script("return document.getElementById('chart-note').textContent")
             out["verdict_label_text"] = driver.execute_script("return document.querySelector('#summary .label-status').textContent")
             driver.save_screenshot(str(artifacts_dir() / f"{shot_prefix}-verdict.png"))
+            if explain:  # forensics explain in a child process of the console (loads torch: slow)
+                driver.execute_script("document.querySelector('#explain button').click()")
+                wait_for(driver, "document.querySelector('img.saliency') && document.querySelector('img.saliency').naturalWidth > 0"
+                         " || document.querySelector('#explain .error')", 300, poll=1.0)  # fmt: skip
+                out["saliency_error"] = driver.execute_script(
+                    "const e = document.querySelector('#explain .error'); return e && e.textContent")
+                out["saliency_px"] = driver.execute_script(
+                    "const i = document.querySelector('img.saliency'); return i && i.naturalWidth")
             driver.get(f"{base}/")
             wait_for(driver, "document.querySelector('#sources tbody tr')", 20)
             out["overview_sources"] = driver.execute_script("return document.querySelectorAll('#sources tbody tr').length")
@@ -131,7 +139,7 @@ def test_dropped_fake_clip_appears_live_with_its_face_and_one_click_labels_it(tm
                 "sample": "fps", "fps": 5.0, "batch_size": 4},
         detect={"block_ms": 100},
     )  # fmt: skip
-    seen = run_console_e2e(settings, tmp_path)
+    seen = run_console_e2e(settings, tmp_path, explain=True)
     assert seen["crop_px"] == 64  # the evidence face crop, as detect kept it
     assert "dropped_fake.mp4" in seen["card_text"] and "verdict" in seen["card_text"]
     assert seen["label_text"].startswith("labelled FAKE by local")
@@ -142,3 +150,4 @@ def test_dropped_fake_clip_appears_live_with_its_face_and_one_click_labels_it(tm
     assert "batches" in seen["chart_note"] and seen["overview_sources"] >= 1
     assert seen["console_errors"] == [], seen["console_errors"]  # no CSP violation, no script error
     assert (artifacts_dir() / "web-alerts.png").stat().st_size > 10_000
+    assert seen["saliency_error"] is None and seen["saliency_px"] > 100  # the trainer extra is installed here

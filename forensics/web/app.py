@@ -349,8 +349,8 @@ def api_explain(request: Request) -> Response:
     with c.explain_lock:  # one torch process at a time on a shared machine
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "FORENSICS_REDIS__URL": c.redis.url, "FORENSICS_MODELS_DIR": str(c.settings.models_dir),
-                   "FORENSICS_STATE_DIR": str(c.settings.state_dir)}  # fmt: skip
+            env = {**os.environ, "FORENSICS_REDIS__URL": c.redis.url, "FORENSICS_REDIS__PREFIX": c.keys.prefix,
+                   "FORENSICS_MODELS_DIR": str(c.settings.models_dir), "FORENSICS_STATE_DIR": str(c.settings.state_dir)}  # fmt: skip
             argv = [sys.executable, "-m", "forensics.cli", *(["--config", c.config] if c.config else []),
                     "explain", aid, "--out", str(out)]  # fmt: skip
             try:
