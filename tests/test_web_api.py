@@ -426,3 +426,32 @@ def test_saliency_figure_failures_are_one_clear_line(app_with_users, r, prefix):
         assert res.status_code == 422, res.text
         err = res.json()["error"]
         assert "is not the one that raised alert" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_forensics_up_starts_the_console_and_stops_it(tmp_path, redis_url, prefix):
+    import os
+    import signal
+    import sys
+
+    from forensics.web.server import wait_for_console
+
+    port = free_port()
+    env = {**os.environ, "FORENSICS_REDIS__URL": redis_url, "FORENSICS_REDIS__PREFIX": prefix,
+           "FORENSICS_STATE_DIR": str(tmp_path / "state"), "FORENSICS_MODELS_DIR": str(tmp_path / "models"),
+           "FORENSICS_WEB__PORT": str(port), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "up", "--detect-workers", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert wait_for_console(url, 60)
+        me = httpx.get(url + "api/me").json()
+        assert me["user"] == "local" and me["open"] is True
+        ov = httpx.get(url + "api/overview").json()
+        assert ov["redis"]["ok"] is True and ov["model"]["ok"] is False  # no registry yet: said, not fatal
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "forensics up: web on" in out and f"console at {url}" in out
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "api/me", timeout=2)
