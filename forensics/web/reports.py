@@ -11,7 +11,6 @@ import hashlib
 import json
 import mimetypes
 import re
-from pathlib import Path
 from typing import Any
 
 from forensics.registry import MANIFEST, Registry
@@ -66,12 +65,3 @@ def versions(reg: Registry) -> dict[str, Any]:
 
 def valid_version(version: Any) -> bool:
     return isinstance(version, str) and bool(_VERSION_RE.match(version))
-
-
-def explain_cache_name(alert_id: str) -> str:
-    """A file name for an alert's saliency figure (sha1 of the id: any id, no path characters)."""
-    return hashlib.sha1(alert_id.encode()).hexdigest() + ".png"
-
-
-def explain_cache_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / "web" / "explain"
