@@ -47,8 +47,22 @@ function connect(q) {
     const s = JSON.parse(e.data);
     banner(s.redis === false ? `Redis is unreachable: ${s.error} (retrying; alerts appear when it is back)` : "");
   });
-  source.addEventListener("alert", (e) => add({ id: e.lastEventId, alert: JSON.parse(e.data), label: null }, true));
+  source.addEventListener("alert", (e) => {
+    const alert = JSON.parse(e.data);
+    add({ id: e.lastEventId, alert, label: null }, true);
+    const hot = alert.kind === "deepfake" || alert.kind === "anomaly" || alert.label === "FAKE";
+    if (hot && document.hidden) badge(unseen + 1);
+  });
 }
+
+// While the tab is in the background, the title counts deepfake/anomaly/FAKE alerts not yet seen.
+const baseTitle = document.title;
+let unseen = 0;
+function badge(n) {
+  unseen = n;
+  document.title = n ? `(${n}) ${baseTitle}` : baseTitle;
+}
+document.addEventListener("visibilitychange", () => { if (!document.hidden) badge(0); });
 
 async function reload() {
   feed.replaceChildren();
