@@ -23,7 +23,7 @@ async function load() {
   const admin = may("admin");
   document.getElementById("actions").replaceChildren(
     h("p", {}, `current: ${d.current || "none"}`),
-    admin && d.history.length ? h("button", { type: "button", class: "danger",
+    admin && d.history.some((x) => x.version === d.current && x.previous) ? h("button", { type: "button", class: "danger",
       onclick: () => act("rollback", { confirm: "rollback" }, `Roll back from ${d.current} to the version before it? Detect workers reload at once.`) }, "roll back") : null);
   document.querySelector("#versions tbody").replaceChildren(...d.versions.map((v) => h("tr", { class: v.current ? "current" : null },
     h("td", {}, v.current ? "●" : ""), h("td", {}, v.version), h("td", {}, fmtTime(v.created_at)), h("td", {}, fmtNum(v.auc)),
