@@ -10,37 +10,12 @@ import redis
 
 from forensics.alerts import parse_alert
 from forensics.config import Settings
-from forensics.redisconn import redact
 from forensics.registry import MANIFEST, Registry
+from forensics.sources import source_rows
 from forensics.streams import DETECT_GROUP, Keys, backlog
 from forensics.web.reports import report_files
 
 RECENT_ALERTS = 200  # alerts counted by kind on the overview
-
-
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def source_rows(r: redis.Redis, settings: Settings, keys: Keys) -> list[dict[str, Any]]:
-    """Every ``<prefix>:sources:<id>`` hash (file and live), plus configured cameras never started."""
-    head = keys.source("")
-    rows: dict[str, dict[str, Any]] = {}
-    for key in r.scan_iter(match=f"{head}*", count=500):
-        sid = key.decode()[len(head) :]
-        row: dict[str, Any] = {"id": sid}
-        row.update({k.decode(): _number(v.decode()) for k, v in r.hgetall(key).items()})
-        if isinstance(row.get("url"), str):
-            row["url"] = redact(row["url"])
-        rows[sid] = row
-    for cfg in settings.sources:
-        rows.setdefault(cfg.id, {"id": cfg.id, "kind": "live", "state": "unknown", "url": redact(cfg.url)})
-    return [rows[k] for k in sorted(rows)]
 
 
 def detect_status(r: redis.Redis, keys: Keys) -> dict[str, Any]:
@@ -111,7 +86,7 @@ def overview(r: redis.Redis, settings: Settings) -> dict[str, Any]:
     """The Redis half of the overview (the registry half is :func:`serving_model`)."""
     keys = Keys(settings.redis.prefix)
     return {
-        "sources": source_rows(r, settings, keys),
+        "sources": source_rows(r, settings),
         "detect": detect_status(r, keys),
         "alerts": alert_counts(r, keys),
         "announced_model": announced_model(r, keys),

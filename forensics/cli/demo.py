@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -27,10 +28,11 @@ from forensics.registry import Registry
 from forensics.streams import Keys
 from forensics.supervisor import Supervisor
 from forensics.web.server import console_url, free_console_port, wait_for_console
+from trainer.recipe import TrainConfig
 
 
-def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = 14,
-             adv_epochs: int = 5, timeout_s: float = 300.0, config: str | None = None,
+def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = TrainConfig.gan_epochs,
+             adv_epochs: int = TrainConfig.adv_epochs, timeout_s: float = 300.0, config: str | None = None,
              serve: bool | None = None) -> int:  # fmt: skip
     """Run the demo; ``serve``: keep the daemon and console up after the verdicts (default: on a terminal)."""
     log = get_logger()
@@ -41,7 +43,7 @@ def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epo
     t0 = time.monotonic()
     if reg.current() is None:
         from trainer.synth import generate_dataset
-        from trainer.train import TrainConfig, train
+        from trainer.train import train
 
         if not (data / "done").exists():
             print(f"[demo] generating {videos} synthetic DFDC-format videos in {data} ...", flush=True)
@@ -128,3 +130,16 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
     right = sum(got[f]["label"] == expected[f] for f in got)
     print(f"[demo] {len(got)}/{len(expected)} verdicts, {right} as expected", flush=True)
     return 0 if len(got) == len(expected) else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config, serve=args.serve)
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
+    s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
+    s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
+    s.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the daemon and console running after the verdicts (default: on a terminal)")
+    s.set_defaults(func=cmd_demo, role="demo")
