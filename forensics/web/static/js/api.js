@@ -147,7 +147,8 @@ export function alertCard(entry) {
     ["score", fmtNum(a.score ?? ev.fake_prob)],
     ["threshold", fmtNum(a.threshold)],
     ["anomaly rate", fmtNum(a.anomaly_rate, 2)],
-    ["Mahalanobis", ev.mahalanobis !== undefined ? `${fmtNum(ev.mahalanobis, 1)} / ${fmtNum(ev.mahalanobis_threshold, 1)}` : "-"],
+    ["Mahalanobis", ev.mahalanobis === undefined ? "-" : ev.mahalanobis_threshold === undefined
+      ? fmtNum(ev.mahalanobis, 1) : `${fmtNum(ev.mahalanobis, 1)} / ${fmtNum(ev.mahalanobis_threshold, 1)}`],
     ["model", a.model ? a.model.version : "-"],
   ];
   const hot = a.kind === "deepfake" || a.kind === "anomaly" || a.label === "FAKE";
