@@ -33,7 +33,7 @@ import psutil
 import redis
 
 from bench.common import private_redis
-from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, evidence_key, make_alert
+from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.streams import Keys
 from forensics.web.server import wait_for_console
 
@@ -54,7 +54,7 @@ def emit(r: redis.Redis, keys: Keys, i: int, tag: str) -> tuple[str, float]:
     """One verdict alert with an evidence crop, as detect writes it; returns (alert id, XADD wall time)."""
     source = f"{tag}-file{i:04d}"
     crop = np.full((64, 64, 3), (i * 37) % 255, np.uint8)
-    r.hset(evidence_key(keys, source), evidence_field(0, 0), encode_crop_png(crop))
+    r.hset(keys.evidence(source), evidence_field(0, 0), encode_crop_png(crop))
     alert = make_alert("verdict", source, f"{source}:verdict", model={"version": "v0001", "sha256": "0" * 64},
                        file=f"{source}.mp4", label="FAKE" if i % 2 else "REAL", score=0.4 + (i % 5) / 10,
                        threshold=0.5, anomaly_rate=0.0, anomalous_tracks=0, frames_scored=10, faces_scored=10,

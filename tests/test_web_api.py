@@ -17,11 +17,10 @@ import redis
 import uvicorn
 from starlette.testclient import TestClient
 
-from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, evidence_key, make_alert
+from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.config import load_settings
 from forensics.errors import ConfigError
-from forensics.labels import labels_key
-from forensics.redisconn import find_redis_server
+from forensics.redisconn import EmbeddedRedis
 from forensics.registry import Registry
 from forensics.streams import Keys
 from forensics.web.access import check_bind, hash_password, token_digest
@@ -84,7 +83,7 @@ def _seed_alert(r, prefix, source="clipA-1234abcd", kind="verdict", n=0, label="
     keys = Keys(prefix)
     crop = np.zeros((64, 64, 3), np.uint8)
     crop[16:48, 16:48] = (200, 120, 90)
-    r.hset(evidence_key(keys, source), evidence_field(3, 0), encode_crop_png(crop))
+    r.hset(keys.evidence(source), evidence_field(3, 0), encode_crop_png(crop))
     for seq, frames in ((0, [0, 1, 2]), (1, [3, 4])):
         crops = [[f, f / 5, 0, 0.2 + 0.1 * f, 10.0 + f, 0, [1, 2, 30, 30]] for f in frames]
         crops += [[f, f / 5, 1, 0.1, 9.0, 0, [40, 2, 30, 30]] for f in frames]
@@ -174,7 +173,7 @@ def test_roles_decide_who_may_label_and_promote(app_with_users, r, prefix):
         csrf = _login(c, "anna")
         res = c.post("/api/alert/label", json={"id": aid, "label": "fake"}, headers={"x-csrf-token": csrf})
         assert res.status_code == 200, res.text
-        rec = json.loads(r.hget(labels_key(Keys(prefix)), aid))
+        rec = json.loads(r.hget(Keys(prefix).labels, aid))
         assert rec["label"] == "fake" and rec["by"] == "anna" and rec["crops"] == 1 and rec["crop_status"] == "kept"
         assert c.get("/api/labels").json()["labels"][0]["alert_id"] == aid
         listed = c.get("/api/alerts").json()["alerts"]
@@ -202,7 +201,7 @@ def test_roles_decide_who_may_label_and_promote(app_with_users, r, prefix):
     with TestClient(app, base_url=BASE) as c:
         tok = {"authorization": f"Bearer {TOKENS['anna']}"}
         assert c.post("/api/alert/label", json={"id": aid, "label": "real"}, headers=tok).status_code == 200
-        assert json.loads(r.hget(labels_key(Keys(prefix)), aid))["label"] == "real"
+        assert json.loads(r.hget(Keys(prefix).labels, aid))["label"] == "real"
         assert c.post("/api/models/rollback", json={"confirm": "rollback"}, headers=tok).status_code == 403
 
 
@@ -222,7 +221,7 @@ def test_state_changes_without_the_csrf_token_or_from_another_site_are_refused(a
         assert res.status_code == 403
         assert c.post("/api/login", json={"name": "anna", "password": PASSWORDS["anna"]},
                       headers={"origin": "http://evil.example"}).status_code == 403  # fmt: skip
-        assert r.hget(labels_key(Keys(prefix)), aid) is None
+        assert r.hget(Keys(prefix).labels, aid) is None
         ok = c.post("/api/alert/label", json=body, headers={"x-csrf-token": csrf, "origin": BASE})
         assert ok.status_code == 200
 
@@ -242,7 +241,7 @@ def test_unknown_alert_ids_are_404_and_nothing_is_labelled(app_with_users, r, pr
         assert res.status_code == 400
         res = c.get("/api/alert/crop", params={"id": "clipA-1234abcd:verdict:0", "field": "../../etc"})
         assert res.status_code == 404
-        assert r.hlen(labels_key(Keys(prefix))) == 0
+        assert r.hlen(Keys(prefix).labels) == 0
 
 
 def test_alert_detail_crop_and_per_track_timeline(app_with_users, r, prefix):
@@ -308,44 +307,30 @@ def test_report_files_only_from_the_manifest_never_outside(app_with_users):
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server of this test's own, which the test stops and starts again on the same port."""
-    port = free_port()
-
-    def start():
-        proc = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
-        for _ in range(200):
-            try:
-                redis.Redis(port=port).ping()
-                return proc
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    state = {"proc": start(), "url": f"redis://127.0.0.1:{port}/0", "start": start}
-    yield state
-    state["proc"].terminate()
-    state["proc"].wait(10)
+    server = EmbeddedRedis(tmp_path, port=free_port(), persist=False)
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_redis_down_is_reported_and_the_console_recovers(tmp_path, own_redis, prefix, registry_dir):
-    settings = _settings(tmp_path, own_redis["url"], prefix, registry_dir)
-    r = redis.Redis.from_url(own_redis["url"])
+    settings = _settings(tmp_path, own_redis.url, prefix, registry_dir)
+    r = redis.Redis.from_url(own_redis.url)
     _seed_alert(r, prefix)
     app = create_app(settings)
     with TestClient(app, base_url=BASE) as c:
         assert c.get("/api/overview").json()["redis"]["ok"] is True
-        own_redis["proc"].terminate()
-        own_redis["proc"].wait(10)
+        own_redis.stop()
         ov = c.get("/api/overview")
         assert ov.status_code == 200
         body = ov.json()
-        assert body["redis"]["ok"] is False and f"Redis at {own_redis['url']}" in body["redis"]["error"]
+        assert body["redis"]["ok"] is False and f"Redis at {own_redis.url}" in body["redis"]["error"]
         assert body["model"]["ok"] is True  # the registry half still shows
         res = c.get("/api/alerts")
         assert res.status_code == 503 and res.json()["redis"] is False and "Traceback" not in res.text
         assert c.get("/").status_code == 200  # the page itself loads and says so
-        own_redis["proc"] = own_redis["start"]()
-        _seed_alert(redis.Redis.from_url(own_redis["url"]), prefix)
+        own_redis.start()
+        _seed_alert(redis.Redis.from_url(own_redis.url), prefix)
         deadline = time.monotonic() + 10
         while c.get("/api/overview").json()["redis"]["ok"] is not True:
             assert time.monotonic() < deadline

@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from forensics.config import load_settings
-from forensics.labels import labels_key
 from forensics.streams import Keys
 from tests.browser import artifacts_dir, chromium
 from tests.conftest import free_port
@@ -97,7 +96,7 @@ def run_console_e2e(settings, clip_dir: Path, shot_prefix: str = "web", *, expla
             wait_for(driver, f"{card}.querySelector('.label-status').textContent.startsWith('labelled FAKE')", 20)
             out["label_text"] = driver.execute_script(f"return {card}.querySelector('.label-status').textContent")
             driver.save_screenshot(str(artifacts_dir() / f"{shot_prefix}-alerts.png"))
-            raw = r.hget(labels_key(keys), out["alert_id"])
+            raw = r.hget(keys.labels, out["alert_id"])
             out["label_record"] = json.loads(raw) if raw else None
             # The verdict page: the per-track timeline is drawn (uPlot canvas) with the evidence crops.
             driver.get(f"{base}/verdict?id={out['alert_id']}")

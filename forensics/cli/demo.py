@@ -142,4 +142,4 @@ def add_parsers(sub) -> None:
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
     s.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the daemon and console running after the verdicts (default: on a terminal)")
-    s.set_defaults(func=cmd_demo, role="demo")
+    s.set_defaults(func=cmd_demo, role="demo", needs_train=True)

@@ -8,8 +8,7 @@ from typing import Any
 
 import redis
 
-from forensics.alerts import evidence_key, parse_alert
-from forensics.labels import labels_key
+from forensics.alerts import parse_alert
 from forensics.streams import Keys
 
 MAX_PAGE = 500
@@ -23,7 +22,7 @@ def labels_for(r: redis.Redis, keys: Keys, alert_ids: list[str]) -> dict[str, di
     if not alert_ids:
         return {}
     out = {}
-    for aid, raw in zip(alert_ids, r.hmget(labels_key(keys), alert_ids)):
+    for aid, raw in zip(alert_ids, r.hmget(keys.labels, alert_ids)):
         if raw:
             try:
                 out[aid] = json.loads(raw)
@@ -70,7 +69,7 @@ def list_alerts(r: redis.Redis, keys: Keys, *, kind: str | None = None, source: 
 def list_labels(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Every analyst label (`forensics label` and the console), newest first."""
     rows = []
-    for raw in r.hvals(labels_key(keys)):
+    for raw in r.hvals(keys.labels):
         try:
             rows.append(json.loads(raw))
         except ValueError:
@@ -80,7 +79,7 @@ def list_labels(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
 
 def crop_fields(r: redis.Redis, keys: Keys, source: str) -> list[str]:
     """Fields (``frame:track``) of the evidence crops kept for ``source``, by frame, at most MAX_CROPS."""
-    fields = [f.decode() for f in r.hkeys(evidence_key(keys, source))]
+    fields = [f.decode() for f in r.hkeys(keys.evidence(source))]
     fields = [f for f in fields if _CROP_FIELD.match(f)]
     return sorted(fields, key=lambda f: int(f.split(":")[0]))[:MAX_CROPS]
 
@@ -88,4 +87,4 @@ def crop_fields(r: redis.Redis, keys: Keys, source: str) -> list[str]:
 def crop_png(r: redis.Redis, keys: Keys, source: str, field: str) -> bytes | None:
     if not _CROP_FIELD.match(field):
         return None
-    return r.hget(evidence_key(keys, source), field)
+    return r.hget(keys.evidence(source), field)
