@@ -140,7 +140,7 @@ def test_dropped_fake_clip_appears_live_with_its_face_and_one_click_labels_it(tm
     )  # fmt: skip
     seen = run_console_e2e(settings, tmp_path, explain=True)
     assert seen["crop_px"] == 64  # the evidence face crop, as detect kept it
-    assert "dropped_fake.mp4" in seen["card_text"] and "verdict" in seen["card_text"]
+    assert "dropped_fake.mp4" in seen["card_text"] and "verdict" in seen["card_text"].lower()  # CSS upper-cases badges
     assert seen["label_text"].startswith("labelled FAKE by local")
     rec = seen["label_record"]
     assert rec is not None and rec["label"] == "fake" and rec["by"] == "local" and rec["kind"] == "verdict"
