@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import redis
 
+from forensics.config import AlertSettings
+from forensics.disclosure import disclose
 from forensics.errors import ForensicsError
 from forensics.streams import Keys
 
@@ -57,17 +59,21 @@ def make_alert(kind: str, source: str, alert_id: str, *, model: dict | None = No
 
 
 class AlertWriter:
-    """Publishes alerts to ``<prefix>:alerts`` (stream + channel), each id at most once."""
+    """Publishes alerts to ``<prefix>:alerts`` (stream + channel), each id at most once, with their
+    scores at the precision ``disclosure`` (``alerts.scores``, default: rounded) allows."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, *, maxlen: int = 100_000, dedupe_ttl: int = DEDUPE_TTL_S):
+    def __init__(self, r: redis.Redis, keys: Keys, *, maxlen: int = 100_000, dedupe_ttl: int = DEDUPE_TTL_S,
+                 disclosure: AlertSettings | None = None):  # fmt: skip
         self.r = r
         self.keys = keys
+        self.disclosure = disclosure or AlertSettings()
         self.maxlen = maxlen
         self.dedupe_ttl = dedupe_ttl
         self._script = r.register_script(_EMIT_ONCE)
 
     def emit(self, alert: dict[str, Any]) -> bool:
         """True if published now, False if this alert id was already published."""
+        alert = disclose(alert, self.disclosure.scores, self.disclosure.score_decimals)
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
         marker = f"{self.keys.prefix}:alert-ids:{alert['alert_id']}"
         return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
@@ -126,6 +132,11 @@ def find_alert(r: redis.Redis, keys: Keys, alert_id: str, *, chunk: int = 500) -
 def evidence_key(keys: Keys, source: str) -> str:
     """Hash of a source's evidence crops (PNG bytes), kept by detect workers for evidence_ttl_s."""
     return f"{keys.prefix}:crops:{source}"
+
+
+def evidence_times_key(keys: Keys, source: str) -> str:
+    """Sorted set of a source's evidence fields by the Unix time they were kept (``forensics purge --before``)."""
+    return f"{keys.prefix}:crops-at:{source}"
 
 
 def evidence_field(frame: int, track: int | None) -> str:

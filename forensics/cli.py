@@ -131,7 +131,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     for path in args.files:
         try:
-            verdict = scan_file(path, settings, model)
+            verdict = scan_file(path, settings, model, full_scores=args.full_scores)
         except BadVideo as err:
             print(f"forensics: error: {err}", file=sys.stderr)
             status = 1
@@ -382,6 +382,19 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.purge import parse_date, purge_before, purge_source
+    from forensics.redisconn import redis_for
+    from forensics.streams import Keys
+
+    when = parse_date(args.before) if args.before else None
+    with redis_for(settings) as (r, _url):
+        keys = Keys(settings.redis.prefix)
+        counts = purge_source(r, keys, args.source) if args.source else purge_before(r, keys, when)
+    print(json.dumps({"purged": args.source or args.before, **counts}))
+    return 0
+
+
 def _print_run(record: dict) -> None:
     screen = record.get("screen", {})
     gate = record.get("gate", {})
@@ -442,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scan", help="one-shot verdicts for video files, in this process, without Redis")
     s.add_argument("files", nargs="+", type=Path)
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--full-scores", action="store_true",
+                   help="scores at full precision whatever alerts.scores says (the operator holds the model anyway)")
     s.add_argument("--model", help="model version (default: current)")
     s.set_defaults(func=cmd_scan, role="scan")
 
@@ -532,6 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("label", choices=["real", "fake"])
     s.add_argument("--by", metavar="NAME", help="who decided (default: the login name)")
     s.set_defaults(func=cmd_label, role="label")
+
+    s = sub.add_parser("purge", help="delete evidence crops, results, alerts, labels and aggregation state kept in Redis")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--source", metavar="ID", help="everything kept about this source")
+    g.add_argument("--before", metavar="DATE", help="everything older than this ISO date (UTC unless it says)")
+    s.set_defaults(func=cmd_purge, role="purge")
 
     s = sub.add_parser("retrain", help="one retraining run: intake, poisoning screen, candidate, gate")
     s.add_argument("--now", action="store_true", help="run now (the schedule is `forensics trainer`)")

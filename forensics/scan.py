@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from forensics.config import Settings
+from forensics.disclosure import disclose
 from forensics.faces import build_cropper
 from forensics.model import LoadedModel
 from forensics.verdicts import CropRecord, file_verdict
 from forensics.video import FrameSampler, decode_file
 
 
-def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
-    """Verdict fields for one file (as in a ``verdict`` alert). Raises BadVideo if unreadable."""
+def scan_file(path: str | Path, settings: Settings, model: LoadedModel, *, full_scores: bool = False) -> dict:
+    """Verdict fields for one file (as in a ``verdict`` alert), with scores at ``alerts.scores``
+    (``full_scores``: as computed, for the operator who holds the model). Raises BadVideo if unreadable."""
     path = Path(path)
     ing = settings.ingest
     cropper = build_cropper(settings.faces, model.size)
@@ -44,4 +46,5 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
     eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
     verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
-    return verdict
+    pol = settings.alerts
+    return disclose(verdict, "full" if full_scores else pol.scores, pol.score_decimals)

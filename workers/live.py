@@ -306,7 +306,7 @@ class LiveSource:
         self.r = r
         self.keys = Keys(settings.redis.prefix)
         self.key = self.keys.source(cfg.id)
-        self.alerts = alerts or AlertWriter(r, self.keys)
+        self.alerts = alerts or AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.url_shown = redact(cfg.url)
         self.log = get_logger(source=cfg.id)
         self.cropper = cropper or build_cropper(settings.faces, resolve_frame_size(settings))
@@ -800,7 +800,7 @@ class LiveSupervisor:
         self.keys = Keys(settings.redis.prefix)
         self.log = get_logger()
         self._wake = threading.Event()
-        alerts = AlertWriter(r, self.keys)
+        alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         cfgs = settings.sources if sources is None else sources
         self.sources = [LiveSource(c, settings, r, alerts=alerts, wake=self._wake) for c in cfgs]
         self.registry = CollectorRegistry()
