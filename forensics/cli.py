@@ -289,6 +289,20 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.privacy import run_privacy, summary
+
+    models = Path(args.models) if args.models else settings.models_dir
+    out = []
+    for version in args.model:
+        result = run_privacy(models, version, [str(d) for d in args.data], quick=args.quick, seed=args.seed,
+                             cache_dir=args.cache or str(settings.state_dir / "crops"),
+                             out_dir=models / version / "report" / "privacy", dp=args.dp)  # fmt: skip
+        out.append(summary(result))
+    print(json.dumps(out if len(out) > 1 else out[0], indent=1))
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     """Saliency figure for one alert: its evidence crop from Redis, the alert's model version."""
     from forensics.alerts import decode_crop_png, evidence_png, find_alert
@@ -523,6 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blackbox-queries", type=int, help="query budget per image for the black-box attack")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_eval, role="eval")
+
+    s = sub.add_parser("privacy", help="membership inference and model inversion from the served scores (report)")
+    s.add_argument("--model", required=True, action="append", metavar="VERSION", help="repeatable")
+    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
+    s.add_argument("--cache", metavar="DIR", help="face crop cache (default: <state_dir>/crops)")
+    s.add_argument("--quick", action="store_true", help="fewer reconstructions, steps and queries")
+    s.add_argument("--dp", action="store_true", help="also train the DP-SGD variant (Opacus) with and without DP")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_privacy, role="privacy")
 
     s = sub.add_parser("explain", help="saliency figure (input gradients, Grad-CAM) of an alert's evidence crop")
     s.add_argument("alert_id", metavar="ALERT_ID")

@@ -151,3 +151,35 @@ def test_purge_cli_prints_counts_and_rejects_a_bad_date(r, redis_url, prefix):
     with pytest.raises(ForensicsError):
         parse_date("2026-13-01")
     assert parse_date("2026-01-01") == parse_date("2026-01-01T00:00+00:00")
+
+
+def test_documented_acl_keeps_plain_subscribers_away_from_evidence(r, redis_url):
+    """The README's `subscriber` ACL, applied to a real redis-server: alerts yes, crops/labels/frames no."""
+    import re
+    from pathlib import Path
+
+    import redis as redis_mod
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("ACL SETUSER subscriber "))
+    args = line.split()[2:]
+    args = [re.sub(r"^>SUBSCRIBER_PASSWORD$", ">pw-test", a) for a in args]
+    keys = Keys("forensics")
+    r.xadd(keys.alerts, {"event": "{}"})
+    r.hset(evidence_key(keys, "camA"), "0:0", b"png")
+    r.hset("forensics:labels", "a", "{}")
+    try:
+        r.execute_command("ACL", "SETUSER", *args)
+        sub = redis_mod.Redis.from_url(redis_url.replace("redis://", "redis://subscriber:pw-test@"))
+        assert len(sub.xrange(keys.alerts)) >= 1 and sub.xlen(keys.results) >= 0
+        p = sub.pubsub()
+        p.subscribe(keys.alerts)  # the live channel is allowed
+        p.close()
+        for denied in (lambda: sub.hget(evidence_key(keys, "camA"), "0:0"), lambda: sub.hgetall("forensics:labels"),
+                       lambda: sub.xrange(keys.frames), lambda: sub.keys("forensics:*"),
+                       lambda: list(sub.scan_iter("forensics:crops:*")), lambda: sub.delete(keys.alerts)):  # fmt: skip
+            with pytest.raises(redis_mod.exceptions.NoPermissionError):
+                denied()
+    finally:
+        r.execute_command("ACL", "DELUSER", "subscriber")
+        r.delete(keys.alerts, evidence_key(keys, "camA"), "forensics:labels")

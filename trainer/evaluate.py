@@ -28,7 +28,6 @@ deliberately gradient-masked model and see the sanity checks fail.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from forensics.logs import get_logger
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
-from trainer.data import CropSet, as_float_tensor, load_recipe_splits
+from trainer.data import CropSet, as_float_tensor, load_recipe_splits, version_recipe
 from trainer.defence import TorchLayerMahalanobis
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.models import load_discriminator, load_generator
@@ -548,10 +547,7 @@ def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max
     from forensics.runtime import OnnxDiscriminator
 
     art = Registry(models_dir).load(version)
-    metrics_path = art.path / "report" / "metrics.json"
-    meta = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    config = meta.get("config", {})
-    config.setdefault("image_size", art.input_size)
+    meta, config = version_recipe(art)
     test = load_test_split(data_dirs, config, cache_dir or config.get("cache_dir", ".forensics/crops"))
     if video_share < 1:
         test = _subset(test, video_share, seed)
