@@ -79,8 +79,8 @@ def _scan(r: redis.Redis, pattern: str) -> list[bytes]:
 def purge_source(r: redis.Redis, keys: Keys, source: str) -> dict[str, int]:
     """Delete everything kept about ``source``; returns counts of what was removed."""
     out = {"keys": 0, "results": 0, "alerts": 0, "labels": 0}
-    own = [evidence_key(keys, source), evidence_times_key(keys, source), f"{keys.prefix}:agg:{source}",
-           f"{keys.prefix}:win:{source}", f"{keys.prefix}:live:{source}"]  # fmt: skip
+    own = [evidence_key(keys, source), evidence_times_key(keys, source), keys.agg(source), keys.window(source),
+           keys.live_state(source)]  # fmt: skip
     for k in _scan(r, keys.ingest_progress("*")):
         if (r.hget(k, "source") or b"").decode(errors="replace") == source:
             own.append(k.decode())
@@ -108,7 +108,7 @@ def purge_before(r: redis.Redis, keys: Keys, when: float) -> dict[str, int]:
             pipe.hdel(evidence_key(keys, source), *old)
             pipe.zrem(tk, *old)
             out["crops"] += int(pipe.execute()[0])
-    for wk in _scan(r, f"{keys.prefix}:win:*"):
+    for wk in _scan(r, keys.window("*")):
         out["window"] += int(r.zremrangebyscore(wk, "-inf", f"({when}"))
     out["labels"] = _drop_labels(r, keys, lambda rec: float(rec.get("at", 0)) < when)
     return out

@@ -34,6 +34,18 @@ class Keys:
     def source(self, source_id: str) -> str:
         return f"{self.prefix}:sources:{source_id}"
 
+    def agg(self, source_id: str) -> str:
+        """Hash: a file source's per-batch scores until its verdict (detect workers)."""
+        return f"{self.prefix}:agg:{source_id}"
+
+    def window(self, source_id: str) -> str:
+        """Sorted set: a live source's recent crops by wall time (detect workers)."""
+        return f"{self.prefix}:win:{source_id}"
+
+    def live_state(self, source_id: str) -> str:
+        """Hash: a live source's alert state ("deepfake"/"anomaly": on|off)."""
+        return f"{self.prefix}:live:{source_id}"
+
     def ingest_progress(self, file_key: str) -> str:
         return f"{self.prefix}:ingest:{file_key}"
 

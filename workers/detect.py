@@ -265,7 +265,7 @@ class DetectWorker:
         pipe.execute()
 
     def _agg_key(self, source: str) -> str:
-        return f"{self.keys.prefix}:agg:{source}"
+        return self.keys.agg(source)
 
     def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
         key = self._agg_key(b.source)
@@ -312,8 +312,8 @@ class DetectWorker:
     def _live_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
         if b.kind != "frames" or not records:
             return
-        win_key = f"{self.keys.prefix}:win:{b.source}"
-        state_key = f"{self.keys.prefix}:live:{b.source}"
+        win_key = self.keys.window(b.source)
+        state_key = self.keys.live_state(b.source)
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
         # Members are unique per (seq, crop): a redelivered batch rewrites the same members.
