@@ -52,6 +52,16 @@ def test_disclose_changes_only_score_fields_and_says_which_policy():
         disclose(v, "exact")
 
 
+def test_alert_lines_print_without_scores_under_label():
+    from forensics.alerts import make_alert
+    from forensics.cli import format_alert
+
+    for kind in ("verdict", "deepfake", "anomaly"):
+        alert = make_alert(kind, "cam", f"cam:{kind}:1", score=0.9, threshold=0.5, anomaly_rate=0.25, label="FAKE")
+        line = format_alert(disclose(alert, "label"))
+        assert line.startswith(f"[{kind}] ") and "0.9" not in line
+
+
 def _compare(full, other, policy: str, decimals: int, frame_threshold: float, path: str = "") -> int:
     """Assert ``other`` is ``full`` under ``policy``; returns how many score values were checked."""
     if isinstance(full, dict):
@@ -142,8 +152,9 @@ def _publish_all(settings, r, fakes, noise) -> tuple[list[dict], list[dict], flo
     r.xadd(keys.frames, encode(FrameBatch(source="f1", seq=2, source_kind="file", kind="eof",
                                           info={"file": "f1.mp4", "batches": 2, "frames_decoded": 8, "frames_sampled": 8})))  # fmt: skip
     now = 2000.0
-    for seq in range(8):
-        b = FrameBatch(source="cam1", seq=seq, source_kind="live", images=fakes[seq][None], frame_index=[seq],
+    live = np.concatenate([fakes[:8], noise[:3]])  # FAKE crops raise a deepfake alert, then noise an anomaly alert
+    for seq in range(len(live)):
+        b = FrameBatch(source="cam1", seq=seq, source_kind="live", images=live[seq][None], frame_index=[seq],
                        pts=[seq / 2], wall=[now + seq * 0.5], box=[[0, 0, 64, 64]], track=[0], frame_size=(320, 240))  # fmt: skip
         r.xadd(keys.frames, encode(b))
     deadline = time.monotonic() + 60
@@ -175,7 +186,7 @@ def test_every_output_path_follows_the_score_policy_and_nothing_else_changes(r, 
     assert kinds == ["anomaly", "anomaly", "deepfake", "verdict"], (
         kinds
     )  # every alert kind that carries a score
-    assert len(full["results"]) == 10 and full["scan"]["faces_scored"] > 0
+    assert len(full["results"]) == 13 and full["scan"]["faces_scored"] > 0
     assert all(a["scores"] == "full" for a in full["alerts"] + full["results"])
     # full precision really is full: some published value has more than 2 decimals
     assert any(len(repr(row[3]).split(".")[-1]) > 2 for e in full["results"] for row in e["crops"])
