@@ -57,7 +57,9 @@ def test_alert_lines_print_without_scores_under_label():
     from forensics.cli import format_alert
 
     for kind in ("verdict", "deepfake", "anomaly"):
-        alert = make_alert(kind, "cam", f"cam:{kind}:1", score=0.9, threshold=0.5, anomaly_rate=0.25, label="FAKE")
+        alert = make_alert(
+            kind, "cam", f"cam:{kind}:1", score=0.9, threshold=0.5, anomaly_rate=0.25, label="FAKE"
+        )
         line = format_alert(disclose(alert, "label"))
         assert line.startswith(f"[{kind}] ") and "0.9" not in line
 
@@ -152,7 +154,9 @@ def _publish_all(settings, r, fakes, noise) -> tuple[list[dict], list[dict], flo
     r.xadd(keys.frames, encode(FrameBatch(source="f1", seq=2, source_kind="file", kind="eof",
                                           info={"file": "f1.mp4", "batches": 2, "frames_decoded": 8, "frames_sampled": 8})))  # fmt: skip
     now = 2000.0
-    live = np.concatenate([fakes[:8], noise[:3]])  # FAKE crops raise a deepfake alert, then noise an anomaly alert
+    live = np.concatenate(
+        [fakes[:8], noise[:3]]
+    )  # FAKE crops raise a deepfake alert, then noise an anomaly alert
     for seq in range(len(live)):
         b = FrameBatch(source="cam1", seq=seq, source_kind="live", images=live[seq][None], frame_index=[seq],
                        pts=[seq / 2], wall=[now + seq * 0.5], box=[[0, 0, 64, 64]], track=[0], frame_size=(320, 240))  # fmt: skip

@@ -299,9 +299,12 @@ def similarity(recons: np.ndarray, train: CropSet, test: CropSet, *, draws: int 
 
 
 def run_privacy(models_dir, version: str, data_dirs, *, cache_dir: str | None = None, quick: bool = False,
-                seed: int = 0, out_dir: str | Path | None = None, dp: bool = False) -> dict[str, Any]:  # fmt: skip
+                seed: int = 0, out_dir: str | Path | None = None, dp: bool = False,
+                inversion_budget: tuple[int, int, int] | None = None) -> dict[str, Any]:  # fmt: skip
     """Membership inference, inversion and verdict cost for one registered version (see module doc);
-    with ``dp`` also the DP-SGD study (trainer/dp.py) on the version's train and test crops."""
+    with ``dp`` also the DP-SGD study (trainer/dp.py) on the version's train and test crops.
+    ``inversion_budget``: (reconstructions per start, white-box steps, black-box queries) instead of
+    the defaults (quick: 3, 80, 600; else 6, 200, 2000)."""
     from forensics.runtime import OnnxDiscriminator
 
     art = Registry(models_dir).load(version)
@@ -330,7 +333,9 @@ def run_privacy(models_dir, version: str, data_dirs, *, cache_dir: str | None = 
                                       ref_m=torch_prob(ref, train.images), ref_n=torch_prob(ref, test.images),
                                       seed=seed)  # fmt: skip
     result["verdict_cost"] = verdict_cost(p_test, test, threshold=thr, video_threshold=vthr)
-    result["inversion"], figure = _inversion(art, onnx, train, val, test, thr=thr, quick=quick, seed=seed)
+    budget = inversion_budget or ((3, 80, 600) if quick else (6, 200, 2000))
+    result["inversion"], figure = _inversion(art, onnx, train, val, test, thr=thr, budget=budget,
+                                             draws=2 if quick else 5, seed=seed)  # fmt: skip
     if dp:
         from trainer.dp import dp_study
 
@@ -346,20 +351,18 @@ def run_privacy(models_dir, version: str, data_dirs, *, cache_dir: str | None = 
     return result
 
 
-def _inversion(art, onnx, train: CropSet, val: CropSet, test: CropSet, *, thr: float, quick: bool,
-               seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+def _inversion(art, onnx, train: CropSet, val: CropSet, test: CropSet, *, thr: float, budget: tuple[int, int, int],
+               draws: int, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
     torch.manual_seed(seed)
     d = load_discriminator(art.path / "discriminator.pt")
-    n = 3 if quick else 6
+    n, steps, queries = budget
     size = art.input_size
     mean_face = as_float_tensor(val.images[val.labels == 0]).mean(0, keepdim=True)
     noise = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 0.5 + 0.25
     starts = {"noise": noise, "mean_face": (mean_face + 0.05 * torch.randn(n, 3, size, size)).clamp(0, 1)}
     recons: dict[str, np.ndarray] = {}
-    steps = 80 if quick else 200
     for name, s in starts.items():
         recons[f"whitebox_{name}"] = invert_whitebox(d, s, steps=steps).numpy()
-    budget = 600 if quick else 2000
 
     def query(policy: str):
         def q(x: np.ndarray) -> np.ndarray:
@@ -371,12 +374,11 @@ def _inversion(art, onnx, train: CropSet, val: CropSet, test: CropSet, *, thr: f
         key = f"blackbox_{policy.replace(':', '')}"
         outs = []
         for i in range(n):
-            r, _used = invert_blackbox(query(policy), starts["mean_face"][i].numpy(), budget=budget,
+            r, _used = invert_blackbox(query(policy), starts["mean_face"][i].numpy(), budget=queries,
                                        label_only=policy == "label", seed=seed + i)  # fmt: skip
             outs.append(r)
         recons[key] = np.stack(outs)
-    draws = 2 if quick else 5
-    out: dict[str, Any] = {"budget_queries": budget, "whitebox_steps": steps, "per_start": n}
+    out: dict[str, Any] = {"budget_queries": queries, "whitebox_steps": steps, "per_start": n}
     recons["start_mean_face"] = starts["mean_face"].numpy()
     for key, rec in recons.items():
         p = onnx.run_float(rec.astype(np.float32)).fake_prob

@@ -38,18 +38,26 @@ def cmd_privacy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("purge", help="delete evidence crops, results, alerts, labels and aggregation state kept in Redis")
+    s = sub.add_parser(
+        "purge", help="delete evidence crops, results, alerts, labels and aggregation state kept in Redis"
+    )
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--source", metavar="ID", help="everything kept about this source")
-    g.add_argument("--before", metavar="DATE", help="everything older than this ISO date (UTC unless it says)")
+    g.add_argument(
+        "--before", metavar="DATE", help="everything older than this ISO date (UTC unless it says)"
+    )
     s.set_defaults(func=cmd_purge, role="purge")
 
-    s = sub.add_parser("privacy", help="membership inference and model inversion from the served scores (report)")
+    s = sub.add_parser(
+        "privacy", help="membership inference and model inversion from the served scores (report)"
+    )
     s.add_argument("--model", required=True, action="append", metavar="VERSION", help="repeatable")
     s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
     s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
     s.add_argument("--cache", metavar="DIR", help="face crop cache (default: <state_dir>/crops)")
     s.add_argument("--quick", action="store_true", help="fewer reconstructions, steps and queries")
-    s.add_argument("--dp", action="store_true", help="also train the DP-SGD variant (Opacus) with and without DP")
+    s.add_argument(
+        "--dp", action="store_true", help="also train the DP-SGD variant (Opacus) with and without DP"
+    )
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_privacy, role="privacy")
