@@ -98,3 +98,17 @@ def test_privacy_report_section_renders_for_a_trained_version(trained, tmp_path,
     assert inv["whitebox_mean_face"]["mean_fake_prob"] < inv["start_mean_face"]["mean_fake_prob"]
     cost = result["verdict_cost"]
     assert cost["full"]["video_auc_cost"] == 0 and set(cost) == set(result["membership"])
+
+
+@pytest.mark.slow
+def test_dp_sgd_spends_at_most_its_target_epsilon_and_still_learns(overfit):
+    from trainer.dp import dp_discriminator, train_dp
+
+    assert not any("parametrizations" in n for n, _ in dp_discriminator(16).named_modules())  # no spectral norm
+    m = overfit["members"]
+    model, spent = train_dp(m, 16, epsilon=4.0, delta=1e-3, epochs=3, seed=0)
+    assert 0 < spent <= 4.0 + 1e-6
+    p = torch_prob(model, m.images)
+    assert np.isfinite(p).all() and p.std() > 0
+    _, no_dp = train_dp(m, 16, epsilon=None, delta=1e-3, epochs=1, seed=0)
+    assert no_dp == float("inf")

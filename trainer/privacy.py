@@ -336,19 +336,25 @@ def run_privacy(models_dir, version: str, data_dirs, *, cache_dir: str | None = 
     budget = inversion_budget or ((3, 80, 600) if quick else (6, 200, 2000))
     result["inversion"], figure = _inversion(art, onnx, train, val, test, thr=thr, budget=budget,
                                              draws=2 if quick else 5, seed=seed)  # fmt: skip
-    if dp:
+    if out_dir is not None:
+        _write(result, figure, Path(out_dir))
+    if dp:  # slow (per-sample gradients): the rest is on disk already
         from trainer.dp import dp_study
 
         result["dp"] = dp_study(train, test, art.input_size, epochs=4 if quick else 8, seed=seed)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _figure(figure, out / "inversion.png")
-        result["figure"] = "inversion.png"
-        (out / "privacy.json").write_text(json.dumps(result, indent=1))
-        (out / "report.html").write_text(privacy_html(result))
-        result["report"] = str(out / "report.html")
+        if out_dir is not None:
+            _write(result, figure, Path(out_dir))
     return result
+
+
+def _write(result: dict[str, Any], figure: dict[str, np.ndarray], out: Path) -> None:
+    """privacy.json, inversion.png and report.html in ``out``; sets result["figure"] and result["report"]."""
+    out.mkdir(parents=True, exist_ok=True)
+    _figure(figure, out / "inversion.png")
+    result["figure"] = "inversion.png"
+    result["report"] = str(out / "report.html")
+    (out / "privacy.json").write_text(json.dumps(result, indent=1))
+    (out / "report.html").write_text(privacy_html(result))
 
 
 def _inversion(art, onnx, train: CropSet, val: CropSet, test: CropSet, *, thr: float, budget: tuple[int, int, int],
@@ -463,7 +469,9 @@ def _dp_html(dp: dict[str, Any] | None) -> str:
     if not dp:
         return ""
     rows = "".join(
-        f"<tr><td>{k}</td><td>{_f(v['epsilon_spent'])}</td><td>{_f(v['clean_frame_auc'])}</td>"
+        f"<tr><td>{k}</td><td colspan=5>{v['error']}</td></tr>"
+        if "error" in v
+        else f"<tr><td>{k}</td><td>{_f(v['epsilon_spent'])}</td><td>{_f(v['clean_frame_auc'])}</td>"
         f"<td>{_f(v['membership_auc'])}</td><td>{_f(v['membership_tpr_at_1fpr'])}</td><td>{_f(v['train_accuracy'])}</td></tr>"
         for k, v in dp["rows"].items()
     )
