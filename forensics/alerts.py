@@ -27,7 +27,7 @@ import redis
 from forensics.config import AlertSettings
 from forensics.disclosure import disclose
 from forensics.errors import ForensicsError
-from forensics.streams import Keys
+from forensics.streams import Keys, replicated
 
 SCHEMA_VERSION = 1
 KINDS = ("verdict", "deepfake", "anomaly", "source")
@@ -75,8 +75,10 @@ class AlertWriter:
         """True if published now, False if this alert id was already published."""
         alert = disclose(alert, self.disclosure.scores, self.disclosure.score_decimals)
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
-        marker = f"{self.keys.prefix}:alert-ids:{alert['alert_id']}"
-        return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
+        marker = self.keys.alert_marker(alert["alert_id"])
+        with replicated(self.r, self.keys, self.keys.alerts) as c:  # on a cluster: survives a failover
+            return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl],
+                                     client=c))  # fmt: skip
 
 
 def parse_alert(raw: bytes | str) -> dict[str, Any]:
@@ -129,16 +131,6 @@ def find_alert(r: redis.Redis, keys: Keys, alert_id: str, *, chunk: int = 500) -
         last = "(" + entries[-1][0].decode()
 
 
-def evidence_key(keys: Keys, source: str) -> str:
-    """Hash of a source's evidence crops (PNG bytes), kept by detect workers for evidence_ttl_s."""
-    return f"{keys.prefix}:crops:{source}"
-
-
-def evidence_times_key(keys: Keys, source: str) -> str:
-    """Sorted set of a source's evidence fields by the Unix time they were kept (``forensics purge --before``)."""
-    return f"{keys.prefix}:crops-at:{source}"
-
-
 def evidence_field(frame: int, track: int | None) -> str:
     return f"{frame}:{track}"
 
@@ -160,7 +152,7 @@ def evidence_png(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> bytes:
     ev = alert.get("evidence")
     if not isinstance(ev, dict) or "frame" not in ev:
         raise AlertNotFound(f"alert {alert.get('alert_id')!r} ({alert.get('kind')}) carries no face evidence")
-    png = r.hget(evidence_key(keys, str(alert["source"])), evidence_field(int(ev["frame"]), ev.get("track")))
+    png = r.hget(keys.evidence(str(alert["source"])), evidence_field(int(ev["frame"]), ev.get("track")))
     if png is None:
         raise AlertNotFound(
             f"the evidence crop of alert {alert['alert_id']!r} has expired or was never kept "

@@ -34,9 +34,7 @@ from typing import Any
 
 import redis
 
-from forensics.alerts import evidence_key, evidence_times_key
 from forensics.errors import ForensicsError
-from forensics.labels import label_crops_key, labels_key
 from forensics.streams import Keys
 
 _CHUNK = 1000
@@ -79,9 +77,9 @@ def _scan(r: redis.Redis, pattern: str) -> list[bytes]:
 def purge_source(r: redis.Redis, keys: Keys, source: str) -> dict[str, int]:
     """Delete everything kept about ``source``; returns counts of what was removed."""
     out = {"keys": 0, "results": 0, "alerts": 0, "labels": 0}
-    own = [evidence_key(keys, source), evidence_times_key(keys, source), keys.agg(source), keys.window(source),
+    own = [keys.evidence(source), keys.evidence_times(source), keys.aggregate(source), keys.window(source),
            keys.live_state(source)]  # fmt: skip
-    for k in _scan(r, keys.ingest_progress("*")):
+    for k in _scan(r, keys.ingest_progress("*", source)):
         if (r.hget(k, "source") or b"").decode(errors="replace") == source:
             own.append(k.decode())
     out["keys"] = int(r.delete(*own))
@@ -100,15 +98,15 @@ def purge_before(r: redis.Redis, keys: Keys, when: float) -> dict[str, int]:
     min_id = f"{int(when * 1000)}-0"
     for name, stream in (("results", keys.results), ("alerts", keys.alerts)):
         out[name] = int(r.xtrim(stream, minid=min_id, approximate=False)) if r.exists(stream) else 0
-    for tk in _scan(r, evidence_times_key(keys, "*")):
-        source = tk.decode()[len(evidence_times_key(keys, "")) :]
+    for tk in _scan(r, keys.per_source_pattern("crops-at")):
+        source = tk.decode().rsplit(":crops-at:", 1)[1]
         old = r.zrangebyscore(tk, "-inf", f"({when}")
         if old:
             pipe = r.pipeline(transaction=True)
-            pipe.hdel(evidence_key(keys, source), *old)
+            pipe.hdel(keys.evidence(source), *old)
             pipe.zrem(tk, *old)
             out["crops"] += int(pipe.execute()[0])
-    for wk in _scan(r, keys.window("*")):
+    for wk in _scan(r, keys.per_source_pattern("win")):
         out["window"] += int(r.zremrangebyscore(wk, "-inf", f"({when}"))
     out["labels"] = _drop_labels(r, keys, lambda rec: float(rec.get("at", 0)) < when)
     return out
@@ -116,14 +114,14 @@ def purge_before(r: redis.Redis, keys: Keys, when: float) -> dict[str, int]:
 
 def _drop_labels(r: redis.Redis, keys: Keys, match) -> int:
     n = 0
-    for alert_id, raw in r.hgetall(labels_key(keys)).items():
+    for alert_id, raw in r.hgetall(keys.labels).items():
         try:
             rec: dict[str, Any] = json.loads(raw)
         except ValueError:
             continue
         if match(rec):
             pipe = r.pipeline(transaction=True)
-            pipe.hdel(labels_key(keys), alert_id)
-            pipe.delete(label_crops_key(keys, alert_id.decode()))
+            pipe.hdel(keys.labels, alert_id)
+            pipe.delete(keys.label_crops(alert_id.decode()))
             n += int(pipe.execute()[0])
     return n

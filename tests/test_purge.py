@@ -15,8 +15,6 @@ from forensics.alerts import (
     AlertWriter,
     encode_crop_png,
     evidence_field,
-    evidence_key,
-    evidence_times_key,
     make_alert,
 )
 from forensics.errors import ForensicsError
@@ -31,12 +29,12 @@ def _populate(r, keys: Keys, source: str, t0: float, kind: str = "file") -> None
     png = encode_crop_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     for frame in (0, 4):
         field = evidence_field(frame, 0)
-        r.hset(evidence_key(keys, source), field, png)
-        r.zadd(evidence_times_key(keys, source), {field: t0 + frame})
-    r.hset(f"{keys.prefix}:agg:{source}", "b:0", json.dumps([[0, 0.0, 0, 0.9, 1.0, 0, [0, 0, 16, 16]]]))
-    r.zadd(f"{keys.prefix}:win:{source}", {"0:0:0.900000:0:1": t0})
-    r.hset(f"{keys.prefix}:live:{source}", "deepfake", "on")
-    r.hset(keys.ingest_progress(f"k{source}"), mapping={"written": 1, "source": source})
+        r.hset(keys.evidence(source), field, png)
+        r.zadd(keys.evidence_times(source), {field: t0 + frame})
+    r.hset(keys.aggregate(source), "b:0", json.dumps([[0, 0.0, 0, 0.9, 1.0, 0, [0, 0, 16, 16]]]))
+    r.zadd(keys.window(source), {"0:0:0.900000:0:1": t0})
+    r.hset(keys.live_state(source), "deepfake", "on")
+    r.hset(keys.ingest_progress(f"k{source}", source), mapping={"written": 1, "source": source})
     r.hset(keys.source(source), mapping={"down": 0, "frames": 3})  # counters only: kept
     r.xadd(keys.results, {"event": json.dumps({"source": source, "seq": 0, "crops": []})})
     alert = make_alert("deepfake", source, f"{source}:deepfake:0", score=0.9,
@@ -49,7 +47,7 @@ def _populate(r, keys: Keys, source: str, t0: float, kind: str = "file") -> None
 def _snapshot(r, keys: Keys) -> dict:
     """Every key under the prefix with its full content (stream entries included)."""
     out = {}
-    for k in sorted(r.scan_iter(match=f"{keys.prefix}:*")):
+    for k in sorted(r.scan_iter(match=f"{keys.name}:*")):
         t = r.type(k).decode()
         if t == "hash":
             out[k] = (t, r.hgetall(k))
@@ -84,8 +82,9 @@ def _by_source(snapshot: dict, source: str) -> dict:
     return out
 
 
-def test_purge_source_removes_exactly_that_sources_data(r, prefix):
-    keys = Keys(prefix)
+@pytest.mark.parametrize("shards", [1, 2])
+def test_purge_source_removes_exactly_that_sources_data(r, prefix, shards):
+    keys = Keys(prefix, shards=shards)
     now = time.time()
     for s in ("camA", "camB", "fileC-0123abcd"):
         _populate(r, keys, s, now)
@@ -120,16 +119,16 @@ def test_purge_before_removes_only_older_data(r, prefix):
         for i, f in entries:
             src = json.loads(f[b"event"])["source"]
             r.xadd(stream, f, id=f"{int(old * 1000)}-{len(r.xrange(stream))}" if src == "old" else "*")
-    raw = json.loads(r.hget(f"{prefix}:labels", "old:deepfake:0"))
-    r.hset(f"{prefix}:labels", "old:deepfake:0", json.dumps({**raw, "at": old}))
+    raw = json.loads(r.hget(keys.labels, "old:deepfake:0"))
+    r.hset(keys.labels, "old:deepfake:0", json.dumps({**raw, "at": old}))
     counts = purge_before(r, keys, cut)
     assert counts == {"results": 1, "alerts": 1, "crops": 2, "labels": 1, "window": 1}
     left = _snapshot(r, keys)
     assert [json.loads(f[b"event"])["source"] for _i, f in left[keys.results.encode()][1]] == ["new"]
     assert [json.loads(f[b"event"])["source"] for _i, f in left[keys.alerts.encode()][1]] == ["new"]
-    assert r.hlen(evidence_key(keys, "new")) == 2 and not r.exists(evidence_key(keys, "old"))
-    assert list(r.hgetall(f"{prefix}:labels")) == [b"new:deepfake:0"]
-    assert r.zcard(f"{prefix}:win:new") == 1 and not r.exists(f"{prefix}:win:old")
+    assert r.hlen(keys.evidence("new")) == 2 and not r.exists(keys.evidence("old"))
+    assert list(r.hgetall(keys.labels)) == [b"new:deepfake:0"]
+    assert r.zcard(keys.window("new")) == 1 and not r.exists(keys.window("old"))
 
 
 def test_purge_cli_prints_counts_and_rejects_a_bad_date(r, redis_url, prefix):
@@ -166,7 +165,7 @@ def test_documented_acl_keeps_plain_subscribers_away_from_evidence(r, redis_url)
     args = [re.sub(r"^>SUBSCRIBER_PASSWORD$", ">pw-test", a) for a in args]
     keys = Keys("forensics")
     r.xadd(keys.alerts, {"event": "{}"})
-    r.hset(evidence_key(keys, "camA"), "0:0", b"png")
+    r.hset(keys.evidence("camA"), "0:0", b"png")
     r.hset("forensics:labels", "a", "{}")
     try:
         r.execute_command("ACL", "SETUSER", *args)
@@ -175,11 +174,11 @@ def test_documented_acl_keeps_plain_subscribers_away_from_evidence(r, redis_url)
         p = sub.pubsub()
         p.subscribe(keys.alerts)  # the live channel is allowed
         p.close()
-        for denied in (lambda: sub.hget(evidence_key(keys, "camA"), "0:0"), lambda: sub.hgetall("forensics:labels"),
+        for denied in (lambda: sub.hget(keys.evidence("camA"), "0:0"), lambda: sub.hgetall("forensics:labels"),
                        lambda: sub.xrange(keys.frames), lambda: sub.keys("forensics:*"),
                        lambda: list(sub.scan_iter("forensics:crops:*")), lambda: sub.delete(keys.alerts)):  # fmt: skip
             with pytest.raises(redis_mod.exceptions.NoPermissionError):
                 denied()
     finally:
         r.execute_command("ACL", "DELUSER", "subscriber")
-        r.delete(keys.alerts, evidence_key(keys, "camA"), "forensics:labels")
+        r.delete(keys.alerts, keys.evidence("camA"), "forensics:labels")

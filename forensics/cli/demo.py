@@ -82,7 +82,7 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
     from trainer.synth import render_sample_clip
 
     r = connect_settings(settings, url)
-    keys = Keys(settings.redis.prefix)
+    keys = Keys.for_settings(settings)
     start_id = r.xadd(keys.alerts, {"event": json.dumps({"kind": "marker"})})  # read alerts from here on
     staging = watch.parent / "staging"
     staging.mkdir(exist_ok=True)
@@ -119,4 +119,4 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
     s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
-    s.set_defaults(func=cmd_demo, role="demo")
+    s.set_defaults(func=cmd_demo, role="demo", needs_train=True)

@@ -39,7 +39,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     pretty = sys.stdout.isatty() and not args.json
     with redis_for(settings) as (r, _url):
         seen = 0
-        for _id, event in follow_alerts(r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set):
+        for _id, event in follow_alerts(r, Keys.for_settings(settings), since=args.since or "$", until=stop.is_set):
             if args.kind and event["kind"] not in args.kind:
                 continue
             print(format_alert(event) if pretty else json.dumps(event), flush=True)
@@ -58,7 +58,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
     with redis_for(settings) as (r, _url):
-        out = explain_alert(r, Keys(settings.redis.prefix), reg, args.alert_id, margin=settings.faces.margin,
+        out = explain_alert(r, Keys.for_settings(settings), reg, args.alert_id, margin=settings.faces.margin,
                             out=Path(args.out) if args.out else None)  # fmt: skip
     print(json.dumps(out, indent=1))
     return 0
@@ -93,7 +93,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
         # Detect workers follow the announcement on Redis, so a change on disk alone is not enough.
         with redis_for(settings) as (r, _url):
-            keys = Keys(settings.redis.prefix)
+            keys = Keys.for_settings(settings)
             if args.action == "promote":
                 art = promote_announced(reg, r, keys, args.version, reason="manual")
             else:
@@ -108,7 +108,7 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.streams import Keys
 
     with redis_for(settings) as (r, _url):
-        rec = record_label(r, Keys(settings.redis.prefix), args.alert_id, args.label, by=args.by,
+        rec = record_label(r, Keys.for_settings(settings), args.alert_id, args.label, by=args.by,
                            crop_ttl_s=settings.retrain.label_crop_ttl_s)  # fmt: skip
     crops = f"{rec['crops']} crop(s) kept for retraining" if rec["crops"] else "its crop has expired: not usable for training"
     print(f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}")
@@ -130,7 +130,7 @@ def add_parsers(sub) -> None:
     s.add_argument("alert_id", metavar="ALERT_ID")
     s.add_argument("--out", metavar="PNG", help="default: ./explain-<ALERT_ID>.png")
     s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
-    s.set_defaults(func=cmd_explain, role="explain")
+    s.set_defaults(func=cmd_explain, role="explain", needs_train=True)
 
     s = sub.add_parser("models", help="list, verify, promote or roll back model versions")
     msub = s.add_subparsers(dest="action", metavar="ACTION")

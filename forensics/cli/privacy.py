@@ -17,7 +17,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
     when = parse_date(args.before) if args.before else None
     with redis_for(settings) as (r, _url):
-        keys = Keys(settings.redis.prefix)
+        keys = Keys.for_settings(settings)
         counts = purge_source(r, keys, args.source) if args.source else purge_before(r, keys, when)
     print(json.dumps({"purged": args.source or args.before, **counts}))
     return 0

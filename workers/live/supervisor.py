@@ -6,11 +6,12 @@ import threading
 import time
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from forensics.alerts import AlertWriter
 from forensics.config import LiveSourceSettings, Settings
 from forensics.logs import get_logger
+from forensics.metrics import serve as serve_metrics
 from forensics.streams import Keys, ensure_group
 from workers.live.metrics import LiveMetrics
 from workers.live.source import LiveSource
@@ -26,7 +27,7 @@ class LiveSupervisor:
     def __init__(self, settings: Settings, r: redis.Redis, sources: list[LiveSourceSettings] | None = None):
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.log = get_logger()
         self._wake = threading.Event()
         alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
@@ -41,10 +42,11 @@ class LiveSupervisor:
         return next(s for s in self.sources if s.id == source_id)
 
     def start(self) -> None:
-        ensure_group(self.r, self.keys.frames)
+        for stream in self.keys.frames_shards:
+            ensure_group(self.r, stream)
         port = self.settings.ingest.metrics_port
         if port is not None and self._metrics_server is None:
-            self._metrics_server, _ = start_http_server(port, registry=self.registry)
+            self._metrics_server = serve_metrics(port, self.registry)
             self.log.info("serving metrics", port=self._metrics_server.server_port)
         for s in self.sources:
             s.start()
