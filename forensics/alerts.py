@@ -60,7 +60,7 @@ def make_alert(kind: str, source: str, alert_id: str, *, model: dict | None = No
 
 class AlertWriter:
     """Publishes alerts to ``<prefix>:alerts`` (stream + channel), each id at most once, with their
-    scores at the precision ``disclosure`` (``alerts.scores``, default: rounded) allows."""
+    scores at the precision ``disclosure`` (``alerts.scores``, default: label) allows."""
 
     def __init__(self, r: redis.Redis, keys: Keys, *, maxlen: int = 100_000, dedupe_ttl: int = DEDUPE_TTL_S,
                  disclosure: AlertSettings | None = None):  # fmt: skip

@@ -7,7 +7,7 @@ file) are the oracle that membership inference and model inversion need (Fredrik
 - ``full``: scores as computed (float64 probabilities, Mahalanobis scores);
 - ``rounded``: probabilities and rates to ``alerts.score_decimals`` decimals, anomaly
   (Mahalanobis) scores to that many significant digits plus one;
-- ``label``: no continuous score at all: ``score``, ``fake_prob``, ``mahalanobis`` and
+- ``label`` (the default, from the measurements in README "Privacy"): no continuous score at all: ``score``, ``fake_prob``, ``mahalanobis`` and
   ``anomaly_mean`` become null, each crop of the results stream carries its 0/1 FAKE decision
   at the model's frame threshold instead of its probability, rates are rounded as above.
 
