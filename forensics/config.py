@@ -58,6 +58,14 @@ class RedisSettings(_Section):
         "Unset: start an embedded redis-server on a unix socket in state_dir.",
     )
     prefix: str = Field("forensics", min_length=1, description="Prefix of every Redis key.")
+    cluster: bool = Field(
+        False, description="url is a node of a Redis Cluster: use the cluster client (keys are hash-tagged)."
+    )
+    shards: int = Field(
+        1, ge=1, le=1024,
+        description="Streams the frames are split into, by source (on a cluster: a multiple of the masters). "
+        "Every process must use the same value; change it only with an empty backlog.",
+    )  # fmt: skip
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
     socket_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a reply.")
 

@@ -50,9 +50,9 @@ def base_venv(tmp_path_factory) -> Path:
         _pip(venv, "--no-deps", "--force-reinstall", ".")  # dependencies unchanged: only the code
     else:
         shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
-        _pip(venv, ".")
-        _pip(venv, "--no-deps", "--require-hashes", "-r", str(models))
+        # Exactly the runtime image's install step (deploy/docker/Dockerfile: deploy/install.sh VENV).
+        subprocess.run(["bash", "deploy/install.sh", str(venv)], check=True, cwd=ROOT, timeout=900,
+                       env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
         (venv / ".stamp").write_text(stamp)
     # Clean up the build's leftovers in the source tree (setuptools writes build/ and *.egg-info).
     shutil.rmtree(ROOT / "build", ignore_errors=True)
