@@ -73,7 +73,7 @@ def dp_study(train: CropSet, test: CropSet, size: int, *, epsilons=(None, 8.0, 2
     """Clean AUC and membership AUC (loss attack, train vs test crops) with and without DP-SGD."""
     from sklearn.metrics import roc_auc_score
 
-    from trainer.privacy import auc_tpr, loss_of, torch_prob
+    from trainer.membership import auc_tpr, loss_of, torch_prob
 
     delta = 1.0 / len(train) ** 1.1
     out: dict[str, Any] = {"delta": delta, "epochs": epochs, "train_crops": len(train), "rows": {}}

@@ -42,25 +42,13 @@ import torch.nn.functional as F
 from forensics.disclosure import round_prob
 from forensics.registry import Registry
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits, version_recipe
+from trainer.membership import auc_tpr, loss_of, torch_prob
 from trainer.models import Discriminator, build_discriminator, load_discriminator
 
 DECIMALS = (1, 2, 3, 4)
-_EPS = 1e-7
 
 
 # ---- attack metrics ------------------------------------------------------------------------
-
-
-def auc_tpr(member: np.ndarray, non: np.ndarray, fpr_at: float = 0.01) -> tuple[float, float]:
-    """(ROC AUC, TPR at ``fpr_at`` FPR) of scores where higher means "member"."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    y = np.r_[np.ones(len(member)), np.zeros(len(non))]
-    s = np.r_[member, non].astype(np.float64)
-    if len(member) == 0 or len(non) == 0:
-        return float("nan"), float("nan")
-    fpr, tpr, _ = roc_curve(y, s)
-    return float(roc_auc_score(y, s)), float(np.interp(fpr_at, fpr, tpr))
 
 
 def null_auc_bound(
@@ -87,12 +75,6 @@ def published(prob: np.ndarray, policy: str, threshold: float) -> np.ndarray:
         return (prob > threshold).astype(np.float64)
     n = int(policy.split(":")[1])
     return np.array([round_prob(float(p), n) for p in prob])
-
-
-def loss_of(prob: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-example cross-entropy of the true label (probabilities clipped to [1e-7, 1-1e-7])."""
-    p = np.clip(prob.astype(np.float64), _EPS, 1 - _EPS)
-    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
 
 def _per_video(values: np.ndarray, video: np.ndarray) -> np.ndarray:
@@ -175,13 +157,6 @@ def train_reference(
             loss.backward()
             opt.step()
     return d.eval()
-
-
-@torch.no_grad()
-def torch_prob(d: Discriminator, images: np.ndarray) -> np.ndarray:
-    """float64 [N] fake probability of uint8 [N,S,S,3] crops."""
-    x = as_float_tensor(images)
-    return torch.cat([torch.sigmoid(d.logits_only(b)) for b in x.split(256)]).double().numpy()
 
 
 # ---- model inversion -----------------------------------------------------------------------
