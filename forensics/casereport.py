@@ -73,6 +73,13 @@ class Case:
 # ---- facts ------------------------------------------------------------------------------------
 
 
+def check_readable(path: Path, settings: Settings):
+    """The file's VideoInfo after the checks ingest and scan make; raises BadVideo (one line) if unusable."""
+    if not path.is_file():
+        raise BadVideo(f"{path}: no such file")
+    return probe(path, settings.ingest.limits)
+
+
 def file_facts(path: str | Path, settings: Settings) -> dict[str, Any]:
     """Identity and technical facts of a video file. Raises BadVideo if it is not a usable video.
 
@@ -81,9 +88,7 @@ def file_facts(path: str | Path, settings: Settings) -> dict[str, Any]:
     creation_time, encoder, major_brand), modified (file mtime, ISO 8601 UTC).
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadVideo(f"{path}: no such file")
-    info = probe(path, settings.ingest.limits)  # the checks ingest and scan make, with their messages
+    info = check_readable(path, settings)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         cc = stream.codec_context

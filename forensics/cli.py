@@ -363,7 +363,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if target.exists() or (":" not in args.target and (target.suffix or "/" in args.target)):
         from forensics.model import load_model
 
-        casereport.file_facts(target, settings)  # an unreadable file fails here, before the model loads
+        casereport.check_readable(target, settings)  # an unreadable file fails here, before the model loads
         model = load_model(reg, args.model, providers=settings.detect.providers)
         case = casereport.case_from_scan(target, settings, model, explain=_saliency_explainer(model.artifact))
     else:
