@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from forensics.robustness import TARGETS, format_target, format_value, headline, pct, radius, sig
-from trainer.train import _jsonable
+from trainer.metrics import jsonable
 
 FIGURES = ("robustness", "roc", "mahalanobis", "epochs", "samples", "saliency", "generator_ssim", "generator_samples")
 
@@ -279,7 +279,7 @@ def _measured(numbers: Any, unit: str) -> str:
 
 
 def _summary_box(result: dict[str, Any]) -> list[str]:
-    h = headline(_jsonable({k: v for k, v in result.items() if not k.startswith("_")}))
+    h = headline(jsonable({k: v for k, v in result.items() if not k.startswith("_")}))
     e = html.escape
     met = sum(bool(x["met"]) for x in h.values())
     parts = [(f"<div class='summary'><b>Summary</b>: {met} of {len(h)} targets met"
@@ -354,7 +354,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     captions = _figures(result, history, out)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
-    (out / "metrics.json").write_text(json.dumps(_jsonable(public), indent=1))
+    (out / "metrics.json").write_text(json.dumps(jsonable(public), indent=1))
 
     sanity = result.get("sanity", [])
     failed = [c for c in sanity if not c["passed"]]

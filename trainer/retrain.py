@@ -47,7 +47,8 @@ from trainer import refine
 from trainer.data import CropCache, CropSet, Video, read_dataset, recipe_cache, recipe_splits
 from trainer.gate import decide, gate_metrics, holdout_set, remember_holdout
 from trainer.poisoning import Sample, calibrate, screen
-from trainer.train import TrainConfig, Trainer
+from trainer.recipe import TrainConfig
+from trainer.train import Trainer
 
 
 def lock_key(keys: Keys) -> str:

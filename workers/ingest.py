@@ -16,7 +16,6 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +27,7 @@ from forensics.errors import BadVideo
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
 from forensics.streams import Keys, ensure_group, wait_below_high_water
+from forensics.timestamps import now_iso
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
 
@@ -148,7 +148,7 @@ class FileIngest:
         already = int(progress.get("written", 0))
         out = FileOutcome(path, source, "done", skipped_batches=already)
         stats: dict = {}
-        self._set_source(source, path, state="ingesting", started_at=_now_iso())
+        self._set_source(source, path, state="ingesting", started_at=now_iso())
         log.info("ingesting file", resume_from_batch=already or None)
         seq = 0
         try:
@@ -237,7 +237,7 @@ class FileIngest:
             source,
             path,
             state=out.status,
-            finished_at=_now_iso(),
+            finished_at=now_iso(),
             batches=seq,
             frames_decoded=info["frames_decoded"],
             frames_sampled=info["frames_sampled"],
@@ -270,7 +270,3 @@ def _free_name(target: Path) -> Path:
         if not alt.exists():
             return alt
     raise OSError(f"no free name for {target}")
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
