@@ -36,7 +36,7 @@ import redis
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from forensics import __version__
-from forensics.alerts import decode_crop_png, encode_crop_png, evidence_field, evidence_key, find_alert
+from forensics.alerts import decode_crop_png, encode_crop_png, evidence_field, find_alert
 from forensics.config import Settings
 from forensics.errors import BadVideo, ForensicsError, ModelError
 from forensics.model import LoadedModel
@@ -269,7 +269,7 @@ def case_from_alert(r: redis.Redis, keys: Keys, alert_id: str, registry: Registr
     mfacts = model_facts(model, info)
     a_thr = (mfacts.get("thresholds") or {}).get("defence_crop", (mfacts.get("thresholds") or {}).get("anomaly"))
     # Evidence: the most fake-looking crops whose PNG the detect worker still keeps.
-    kept = r.hgetall(evidence_key(keys, source))
+    kept = r.hgetall(keys.evidence(source))
     ranked = sorted(records, key=lambda c: -c.prob)
     ev = alert.get("evidence") or {}
     if isinstance(ev, dict) and "frame" in ev:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, evidence_key, make_alert
+from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.config import Settings
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
@@ -130,9 +130,9 @@ class DetectWorker:
         live = []
         for e in entries:
             if e.deliveries > self.cfg.max_deliveries:
-                err = self.r.hget(self._errors_key, e.id) or b"failed repeatedly (no error recorded)"
+                err = self.r.hget(self.keys.errors, e.id) or b"failed repeatedly (no error recorded)"
                 dead_letter(self.r, self.keys, e, err.decode(errors="replace"))
-                self.r.hdel(self._errors_key, e.id)
+                self.r.hdel(self.keys.errors, e.id)
                 self.stats["dead"] += 1
                 self.log.warning("entry dead-lettered", entry=e.id.decode(), deliveries=e.deliveries,
                                  error=err.decode(errors="replace"))  # fmt: skip
@@ -142,10 +142,6 @@ class DetectWorker:
             self.log.info("reclaimed stale entries", count=len(live))
             self.process(live)
         return len(entries)
-
-    @property
-    def _errors_key(self) -> str:
-        return f"{self.keys.prefix}:errors"
 
     # -- one read's worth of entries ----------------------------------------------------------
     def process(self, entries: list[Entry]) -> None:
@@ -166,12 +162,12 @@ class DetectWorker:
                 except ForensicsError as err:
                     w.error = str(err)
             self.stats["failures"] += 1
-            self.r.hset(self._errors_key, w.entry.id, w.error)
+            self.r.hset(self.keys.errors, w.entry.id, w.error)
             self.log.warning("batch failed; left pending for retry", entry=w.entry.id.decode(), error=w.error)
         # Acknowledge only after results and alerts are written; frames are large, delete them too.
         ack(self.r, self.keys.frames, done, delete=True)
         if done:
-            self.r.hdel(self._errors_key, *done)
+            self.r.hdel(self.keys.errors, *done)
 
     def _score_all(self, works: list[_Work]) -> dict[bytes, CropScores]:
         """Score the crops of many batches in model calls of at most ``max_batch`` images."""
@@ -249,7 +245,7 @@ class DetectWorker:
             return
         picks = {max(range(len(records)), key=lambda i: records[i].prob),
                  max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
-        key = evidence_key(self.keys, b.source)
+        key = self.keys.evidence(b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
             png = encode_crop_png(b.images[i])
@@ -258,11 +254,8 @@ class DetectWorker:
         pipe.expire(key, self.cfg.evidence_ttl_s)
         pipe.execute()
 
-    def _agg_key(self, source: str) -> str:
-        return f"{self.keys.prefix}:agg:{source}"
-
     def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
-        key = self._agg_key(b.source)
+        key = self.keys.aggregate(b.source)
         pipe = self.r.pipeline(transaction=True)
         if b.kind == "eof":
             pipe.hset(key, "eof", json.dumps(b.info))
@@ -306,8 +299,8 @@ class DetectWorker:
     def _live_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
         if b.kind != "frames" or not records:
             return
-        win_key = f"{self.keys.prefix}:win:{b.source}"
-        state_key = f"{self.keys.prefix}:live:{b.source}"
+        win_key = self.keys.window(b.source)
+        state_key = self.keys.live_state(b.source)
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
         # Members are unique per (seq, crop): a redelivered batch rewrites the same members.

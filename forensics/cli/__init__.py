@@ -10,6 +10,7 @@ run without the ``train`` extra. Programming errors keep their traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from forensics import __version__
@@ -22,7 +23,13 @@ from forensics.logs import configure_logging
 __all__ = ["build_parser", "format_alert", "main"]
 
 # Import names of the ``train`` extra's packages (pyproject.toml).
-TRAIN_EXTRA = frozenset({"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "skimage", "sklearn", "tqdm"})
+TRAIN_EXTRA = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib", "skimage", "sklearn", "tqdm")
+
+
+def _needs_train_extra(command: str, missing: str) -> int:
+    print(f"forensics: error: `forensics {command}` needs the trainer's packages ({missing} is not installed): "
+          "pip install 'video-forensics[train]'", file=sys.stderr)  # fmt: skip
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "needs_train", False):  # say so before doing anything
+        missing = next((m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None), None)
+        if missing:
+            return _needs_train_extra(args.command, missing)
     try:
         settings = load_settings(args.config)
         if args.log_level:
@@ -52,6 +63,4 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
             raise
-        print(f"forensics: error: `forensics {args.command}` needs the trainer's packages ({err.name} is missing): "
-              "pip install 'video-forensics[train]'", file=sys.stderr)  # fmt: skip
-        return 2
+        return _needs_train_extra(args.command, err.name)

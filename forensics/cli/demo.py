@@ -119,4 +119,4 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
     s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
-    s.set_defaults(func=cmd_demo, role="demo")
+    s.set_defaults(func=cmd_demo, role="demo", needs_train=True)

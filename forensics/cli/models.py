@@ -128,7 +128,7 @@ def add_parsers(sub) -> None:
     s.add_argument("alert_id", metavar="ALERT_ID")
     s.add_argument("--out", metavar="PNG", help="default: ./explain-<ALERT_ID>.png")
     s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
-    s.set_defaults(func=cmd_explain, role="explain")
+    s.set_defaults(func=cmd_explain, role="explain", needs_train=True)
 
     s = sub.add_parser("models", help="list, verify, promote or roll back model versions")
     msub = s.add_subparsers(dest="action", metavar="ACTION")

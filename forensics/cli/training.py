@@ -145,7 +145,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--seconds", type=float, default=2.0)
     s.add_argument("--difficulty", type=float, default=0.5, help="0 obvious swaps .. 1 subtle swaps")
     s.add_argument("--parts", type=int, default=1, help="number of dfdc_train_part_K folders")
-    s.set_defaults(func=cmd_synth, role="synth")
+    s.set_defaults(func=cmd_synth, role="synth", needs_train=True)
 
     s = sub.add_parser("train", help="train, calibrate, export and register a model from DFDC-format data")
     s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
@@ -163,7 +163,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--promote", action="store_true", help="promote the new version (the first one always is)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-eval", action="store_true", help="skip the quick robustness report at the end")
-    s.set_defaults(func=cmd_train, role="trainer")
+    s.set_defaults(func=cmd_train, role="trainer", needs_train=True)
 
     s = sub.add_parser("eval", help="robustness evaluation of a model version on its held-out test split (report)")
     s.add_argument("--model", required=True, metavar="VERSION")
@@ -176,11 +176,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--blackbox-images", type=int, help="images for the black-box attack")
     s.add_argument("--blackbox-queries", type=int, help="query budget per image for the black-box attack")
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_eval, role="eval")
+    s.set_defaults(func=cmd_eval, role="eval", needs_train=True)
 
     s = sub.add_parser("retrain", help="one retraining run: intake, poisoning screen, candidate, gate")
     s.add_argument("--now", action="store_true", help="run now (the schedule is `forensics trainer`)")
-    s.set_defaults(func=cmd_retrain, role="trainer")
+    s.set_defaults(func=cmd_retrain, role="trainer", needs_train=True)
 
     s = sub.add_parser("trainer", help="scheduled retraining (retrain.interval_s or retrain.cron)")
-    s.set_defaults(func=cmd_trainer, role="trainer")
+    s.set_defaults(func=cmd_trainer, role="trainer", needs_train=True)

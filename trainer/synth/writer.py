@@ -20,24 +20,29 @@ _PRESET = "veryfast"
 class ClipWriter:
     """Streams uint8 [H, W, 3] RGB frames into an H.264 (libx264, yuv420p) mp4 with PyAV.
 
-    Use as a context manager. A keyframe every second, so keyframe sampling has something to
-    sample. Same frames in, same bytes out: single-threaded x264 (the bytes do not depend on the
+    Use as a context manager. By default a keyframe every second (and at scene cuts), so keyframe
+    sampling has something to sample; ``gop`` fixes a keyframe every ``gop`` frames exactly (no
+    scene-cut keyframes), as test media need. ``faststart`` puts the index at the front of the file.
+    Same frames in, same bytes out: single-threaded x264 (the bytes do not depend on the
     core count) without macroblock-tree rate control, because with it PyAV's bundled x264
     (core 165) gave different bytes for identical input depending on the process's heap state.
+    The one H.264 writer of the project: synthetic data, test media and benchmarks use it.
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: int, crf: int = CRF):
+    def __init__(self, path: str | Path, width: int, height: int, fps: int, crf: int = CRF, *,
+                 gop: int | None = None, faststart: bool = False):  # fmt: skip
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even frame sizes, got {width}x{height}")
         self.path = Path(path)
         self.width, self.height = width, height
-        self._container = av.open(str(self.path), mode="w")
+        self._container = av.open(str(self.path), mode="w", options={"movflags": "+faststart"} if faststart else {})
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.codec_context.gop_size = fps
+        self._stream.codec_context.gop_size = gop or fps
         self._stream.thread_count = 1
-        self._stream.options = {"crf": str(crf), "preset": _PRESET, "x264-params": "mbtree=0"}
+        params = "mbtree=0" + (f":keyint={gop}:min-keyint={gop}:scenecut=0" if gop else "")
+        self._stream.options = {"crf": str(crf), "preset": _PRESET, "x264-params": params}
         self._time_base = Fraction(1, fps)
         self.frames = 0
 

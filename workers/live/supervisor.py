@@ -6,11 +6,12 @@ import threading
 import time
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from forensics.alerts import AlertWriter
 from forensics.config import LiveSourceSettings, Settings
 from forensics.logs import get_logger
+from forensics.metrics import serve as serve_metrics
 from forensics.streams import Keys, ensure_group
 from workers.live.metrics import LiveMetrics
 from workers.live.source import LiveSource
@@ -44,7 +45,7 @@ class LiveSupervisor:
         ensure_group(self.r, self.keys.frames)
         port = self.settings.ingest.metrics_port
         if port is not None and self._metrics_server is None:
-            self._metrics_server, _ = start_http_server(port, registry=self.registry)
+            self._metrics_server = serve_metrics(port, self.registry)
             self.log.info("serving metrics", port=self._metrics_server.server_port)
         for s in self.sources:
             s.start()
