@@ -14,6 +14,7 @@ if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0");
              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 fi
 $PY -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)         # tests verify deploy/systemd/ units
 # Case reports: headless Chromium prints them to PDF; its WebDriver and pdftotext check them in the tests.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
@@ -30,13 +31,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  $PY -m venv .venv
-fi
 stamp=.venv/.installed
-if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
-  .venv/bin/pip install -q --upgrade pip
-  # torch==2.14.1 / torchvision==0.29.1 come from pip's local cache on the project's machines.
-  .venv/bin/pip install -q -e '.[train,dev]'
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] || [ deploy/requirements-models.txt -nt $stamp ]; then
+  # The same install path as the container images (deploy/docker/), here editable with every extra.
+  PYTHON=$PY bash deploy/install.sh .venv train,dev --editable
   touch $stamp
 fi

@@ -25,7 +25,7 @@ import numpy as np
 import redis
 
 from forensics.errors import ForensicsError
-from forensics.streams import Keys
+from forensics.streams import Keys, replicated
 
 SCHEMA_VERSION = 1
 KINDS = ("verdict", "deepfake", "anomaly", "source")
@@ -70,7 +70,9 @@ class AlertWriter:
         """True if published now, False if this alert id was already published."""
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
         marker = self.keys.alert_marker(alert["alert_id"])
-        return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
+        with replicated(self.r, self.keys, self.keys.alerts) as c:  # on a cluster: survives a failover
+            return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl],
+                                     client=c))  # fmt: skip
 
 
 def parse_alert(raw: bytes | str) -> dict[str, Any]:

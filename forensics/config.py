@@ -58,6 +58,14 @@ class RedisSettings(_Section):
         "Unset: start an embedded redis-server on a unix socket in state_dir.",
     )
     prefix: str = Field("forensics", min_length=1, description="Prefix of every Redis key.")
+    cluster: bool = Field(
+        False, description="url is a node of a Redis Cluster: use the cluster client (keys are hash-tagged)."
+    )
+    shards: int = Field(
+        1, ge=1, le=1024,
+        description="Streams the frames are split into, by source (on a cluster: a multiple of the masters). "
+        "Every process must use the same value; change it only with an empty backlog.",
+    )  # fmt: skip
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
     socket_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a reply.")
 
@@ -107,8 +115,10 @@ class IngestSettings(_Section):
 
 
 class FaceSettings(_Section):
-    detector: Literal["haar", "onnx", "none"] = Field(
-        "haar", description="haar: OpenCV cascade; onnx: a YuNet-style model file; none: whole frames."
+    detector: Literal["blazeface", "haar", "onnx", "none"] = Field(
+        "blazeface",
+        description="blazeface: MediaPipe BlazeFace + face mesh (five landmarks, packaged); haar: OpenCV "
+        "cascade (no landmarks); onnx: a YuNet-style model file; none: whole frames.",
     )
     onnx_model: Path | None = Field(None, description="With detector=onnx: path of the face model file.")
     detect_width: int = Field(640, ge=64, description="Frames are downscaled to this width for detection.")
@@ -116,6 +126,25 @@ class FaceSettings(_Section):
     max_faces: int = Field(4, ge=1, description="Most faces kept per frame (largest first).")
     min_face: int = Field(40, ge=8, description="Smallest face side searched for, in full-resolution pixels.")
     iou_match: float = Field(0.3, gt=0, lt=1, description="IoU above which a box continues a track.")
+    min_score: float = Field(
+        0.5, gt=0, lt=1, description="blazeface: lowest detection score that starts a track."
+    )
+    continue_score: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="blazeface: lowest score that continues an existing track (ByteTrack's low stage).",
+    )
+    max_missed: int = Field(5, ge=0, description="Sampled frames a face track coasts without a detection.")
+    redetect_every: int = Field(
+        1,
+        ge=1,
+        description="blazeface: run the detector on at least every N-th sampled frame; in between the "
+        "landmark model follows the faces found (1: detect on every sampled frame).",
+    )
+    max_jump: float = Field(
+        1.0, ge=0, description="Largest move between sampled frames, in face sizes, that continues a track."
+    )
 
 
 class LiveSourceSettings(_Section):

@@ -35,7 +35,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     stop = stop_event()
     with redis_for(settings) as (r, _url):
         files = FileIngest(settings, r) if settings.ingest.watch_dir is not None else None
-        if not sources:
+        # With a metrics port the supervisor runs even without live sources: it serves /metrics,
+        # the health endpoint of containers and probes.
+        if not sources and settings.ingest.metrics_port is None:
             files.run(stop)
             return 0
         # Files and every live source run side by side: each live source on its own threads.

@@ -37,7 +37,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     pretty = sys.stdout.isatty() and not args.json
     with redis_for(settings) as (r, _url):
         seen = 0
-        for _id, event in follow_alerts(r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set):
+        for _id, event in follow_alerts(r, Keys.for_settings(settings), since=args.since or "$", until=stop.is_set):
             if args.kind and event["kind"] not in args.kind:
                 continue
             print(format_alert(event) if pretty else json.dumps(event), flush=True)
@@ -56,7 +56,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
     with redis_for(settings) as (r, _url):
-        out = explain_alert(r, Keys(settings.redis.prefix), reg, args.alert_id, margin=settings.faces.margin,
+        out = explain_alert(r, Keys.for_settings(settings), reg, args.alert_id, margin=settings.faces.margin,
                             out=Path(args.out) if args.out else None)  # fmt: skip
     print(json.dumps(out, indent=1))
     return 0
@@ -91,7 +91,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
         # Detect workers follow the announcement on Redis, so a change on disk alone is not enough.
         with redis_for(settings) as (r, _url):
-            keys = Keys(settings.redis.prefix)
+            keys = Keys.for_settings(settings)
             if args.action == "promote":
                 art = promote_announced(reg, r, keys, args.version, reason="manual")
             else:
@@ -106,7 +106,7 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.streams import Keys
 
     with redis_for(settings) as (r, _url):
-        rec = record_label(r, Keys(settings.redis.prefix), args.alert_id, args.label, by=args.by,
+        rec = record_label(r, Keys.for_settings(settings), args.alert_id, args.label, by=args.by,
                            crop_ttl_s=settings.retrain.label_crop_ttl_s)  # fmt: skip
     crops = f"{rec['crops']} crop(s) kept for retraining" if rec["crops"] else "its crop has expired: not usable for training"
     print(f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}")

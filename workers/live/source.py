@@ -49,7 +49,7 @@ class LiveSource(RtspDecoder, SampleSender, SourceWatch):
         self.id = cfg.id
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.key = self.keys.source(cfg.id)
         self.alerts = alerts or AlertWriter(r, self.keys)
         self.url_shown = redact(cfg.url)
