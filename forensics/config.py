@@ -233,6 +233,21 @@ class DetectSettings(_Section):
     )
 
 
+class AlertSettings(_Section):
+    """What published scores reveal (forensics/disclosure.py): alerts, results stream, scan, web API."""
+
+    scores: Literal["full", "rounded", "label"] = Field(
+        "label",
+        description="full: scores as computed; rounded: to score_decimals; label: no continuous score "
+        "(labels, counts and rates only). Scores are a membership-inference/inversion oracle: rounding to "
+        "1-4 decimals left the attack's AUC unchanged, label brought it to chance (README: Privacy).",
+    )
+    score_decimals: int = Field(
+        2, ge=0, le=8, description="With scores=rounded: decimals of probabilities and rates "
+        "(anomaly scores keep this many significant digits plus one).",
+    )  # fmt: skip
+
+
 class RetrainSettings(_Section):
     """Scheduled retraining (``forensics trainer`` / ``forensics retrain --now``)."""
 
@@ -336,6 +351,7 @@ class Settings(BaseSettings):
     faces: FaceSettings = Field(default_factory=FaceSettings)
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     @model_validator(mode="after")

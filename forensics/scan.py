@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from forensics.config import Settings
+from forensics.disclosure import disclose
 from forensics.faces import build_cropper
 from forensics.model import LoadedModel
 from forensics.verdicts import CropRecord, file_verdict
@@ -39,8 +40,10 @@ class ScanDetail:
         del self.top[self.keep :]
 
 
-def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: ScanDetail | None = None) -> dict:
-    """Verdict fields for one file (as in a ``verdict`` alert). Raises BadVideo if unreadable.
+def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: ScanDetail | None = None, *,
+              full_scores: bool = False) -> dict:
+    """Verdict fields for one file (as in a ``verdict`` alert), with scores at ``alerts.scores``
+    (``full_scores``: as computed, for the operator who holds the model). Raises BadVideo if unreadable.
 
     With ``detail``, also fills in its per-crop records and top crops (for ``forensics report``)."""
     path = Path(path)
@@ -72,4 +75,5 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: 
     eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
     verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
-    return verdict
+    pol = settings.alerts
+    return disclose(verdict, "full" if full_scores else pol.scores, pol.score_decimals)

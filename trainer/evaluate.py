@@ -27,7 +27,6 @@ deliberately gradient-masked model and see the sanity checks fail.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from forensics.logs import get_logger
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
-from trainer.data import CropSet, as_float_tensor, load_recipe_splits
+from trainer.data import CropSet, as_float_tensor, load_recipe_splits, version_recipe
 from trainer.defence import TorchMahalanobis, WithScore
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.metrics import log_loss, logit, predict, roc_auc, sigmoid, video_scores
@@ -348,10 +347,7 @@ def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max
     from forensics.runtime import OnnxDiscriminator
 
     art = Registry(models_dir).load(version)
-    metrics_path = art.path / "report" / "metrics.json"
-    meta = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    config = meta.get("config", {})
-    config.setdefault("image_size", art.input_size)
+    meta, config = version_recipe(art)
     test = load_test_split(data_dirs, config, cache_dir or config.get("cache_dir", ".forensics/crops"))
     if video_share < 1:
         test = _subset(test, video_share, seed)

@@ -110,7 +110,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     for path in args.files:
         try:
-            verdict = scan_file(path, settings, model)
+            verdict = scan_file(path, settings, model, full_scores=args.full_scores)
         except BadVideo as err:
             print(f"forensics: error: {err}", file=sys.stderr)
             status = 1
@@ -162,6 +162,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("scan", help="one-shot verdicts for video files, in this process, without Redis")
     s.add_argument("files", nargs="+", type=Path)
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--full-scores", action="store_true",
+                   help="scores at full precision whatever alerts.scores says (the operator holds the model anyway)")
     s.add_argument("--model", help="model version (default: current)")
     s.set_defaults(func=cmd_scan, role="scan")
 
