@@ -15,6 +15,10 @@ if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0");
 fi
 $PY -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)         # tests verify deploy/systemd/ units
+# Case reports: headless Chromium prints them to PDF; its WebDriver and pdftotext check them in the tests.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+command -v pdftotext >/dev/null || need_apt+=(poppler-utils)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
