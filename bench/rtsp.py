@@ -3,7 +3,9 @@
 The streams are served by tests/rtsp_server.py (GStreamer, system python3) from a synthetic face
 clip (trainer.synth), one mount per stream, over RTSP/TCP on loopback. The ingest process is the
 real CLI (`forensics ingest --rtsp ID=URL ...`, default live settings: every frame decoded on one
-thread per stream, sampled at 2 fps, Haar face crops at 256x256, XADD to a private Redis).
+thread per stream, sampled at 2 fps, face crops at 256x256 with ``--detector`` (default the shipped
+blazeface), XADD to a private Redis). One stream with Haar and one without face detection are
+measured in the same run for reference.
 
 For N streams (ramped from 1, guided by the CPU one stream costs) it measures, over a window:
 decoded and sampled frame rates per stream, drops that are not the backlog policy (overload,
@@ -219,6 +221,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=10.0, help="measurement window per step, seconds")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--budget", type=float, default=170.0, help="stop ramping after this many seconds")
+    ap.add_argument("--detector", default="blazeface", help="faces.detector of the ramp (haar, blazeface, ...)")
     args = ap.parse_args()
     t_start = time.monotonic()
     cache = Path(tempfile.gettempdir()) / "forensics-bench"
@@ -229,7 +232,7 @@ def main() -> None:
     try:
         with private_redis() as url:
 
-            def step(n: int, detector: str = "haar") -> dict:
+            def step(n: int, detector: str = args.detector) -> dict:
                 out = run_step(n, server, url, args.window, args.warmup, detector)
                 steps.append(out)
                 print(json.dumps({k: out[k] for k in ("streams", "sustained", "ingest_cpu_cores", "lag_s_max",
@@ -240,6 +243,7 @@ def main() -> None:
             one = step(1)
             step_cost = time.monotonic() - t_step
             bare = step(1, "none")  # the same without face detection: decoding and sending alone
+            haar = step(1, "haar") if args.detector != "haar" else one  # the old default, for reference
             # Capacity guess from one stream's CPU (keeping 15% of the machine for the server and Redis),
             # then: climb from 60% of the guess until a step fails, and bisect between the last good
             # and the first failed count while the time budget lasts.
@@ -264,7 +268,7 @@ def main() -> None:
     finally:
         server.stop()
     at_max = next(
-        (s for s in steps if s["streams"] == best and s["sustained"] and s["detector"] == "haar"), None
+        (s for s in steps if s["streams"] == best and s["sustained"] and s["detector"] == args.detector), None
     )
     per_stream = one["ingest_cpu_per_stream_cores"] + one["server_cpu_cores"]
     out = {
@@ -278,7 +282,7 @@ def main() -> None:
             "seconds_loop": 4.0,
         },
         "ingest": {
-            "detector": "haar",
+            "detector": args.detector,
             "frame_size": 256,
             "decode_threads_per_stream": 1,
             "sample_fps": FPS_SAMPLE,
@@ -287,6 +291,11 @@ def main() -> None:
         "first_failed_streams": worst,
         "ingest_cpu_per_stream_cores": at_max["ingest_cpu_per_stream_cores"] if at_max else None,
         "ingest_cpu_per_stream_cores_without_face_detection": bare["ingest_cpu_per_stream_cores"],
+        "ingest_cpu_per_stream_cores_one_stream": one["ingest_cpu_per_stream_cores"],
+        "ingest_cpu_per_stream_cores_one_stream_haar": haar["ingest_cpu_per_stream_cores"],
+        "projected_streams_on_idle_machine_haar": int(
+            0.9 * psutil.cpu_count() / (haar["ingest_cpu_per_stream_cores"] + haar["server_cpu_cores"])
+        ),
         "other_processes_cpu_cores_during_steps": [s["other_processes_cpu_cores"] for s in steps],
         # CPU seconds per stream hardly depend on contention, so this is what an idle machine would do.
         "projected_streams_on_idle_machine": int(0.9 * psutil.cpu_count() / per_stream),

@@ -17,6 +17,11 @@ fi
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 $PY -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)         # tests verify deploy/systemd/ units
+# Case reports: headless Chromium prints them to PDF; its WebDriver and pdftotext check them in the tests.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+command -v pdftotext >/dev/null || need_apt+=(poppler-utils)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -29,13 +34,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  $PY -m venv .venv
-fi
 stamp=.venv/.installed
-if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
-  .venv/bin/pip install -q --upgrade pip
-  # torch==2.14.1 / torchvision==0.29.1 come from pip's local cache on the project's machines.
-  .venv/bin/pip install -q -e '.[train,dev]'
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] || [ deploy/requirements-models.txt -nt $stamp ]; then
+  # The same install path as the container images (deploy/docker/), here editable with every extra.
+  PYTHON=$PY bash deploy/install.sh .venv train,dev --editable
   touch $stamp
 fi

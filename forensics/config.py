@@ -66,6 +66,14 @@ class RedisSettings(_Section):
         "Unset: start an embedded redis-server on a unix socket in state_dir.",
     )
     prefix: str = Field("forensics", min_length=1, description="Prefix of every Redis key.")
+    cluster: bool = Field(
+        False, description="url is a node of a Redis Cluster: use the cluster client (keys are hash-tagged)."
+    )
+    shards: int = Field(
+        1, ge=1, le=1024,
+        description="Streams the frames are split into, by source (on a cluster: a multiple of the masters). "
+        "Every process must use the same value; change it only with an empty backlog.",
+    )  # fmt: skip
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
     socket_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a reply.")
 
@@ -115,8 +123,10 @@ class IngestSettings(_Section):
 
 
 class FaceSettings(_Section):
-    detector: Literal["haar", "onnx", "none"] = Field(
-        "haar", description="haar: OpenCV cascade; onnx: a YuNet-style model file; none: whole frames."
+    detector: Literal["blazeface", "haar", "onnx", "none"] = Field(
+        "blazeface",
+        description="blazeface: MediaPipe BlazeFace + face mesh (five landmarks, packaged); haar: OpenCV "
+        "cascade (no landmarks); onnx: a YuNet-style model file; none: whole frames.",
     )
     onnx_model: Path | None = Field(None, description="With detector=onnx: path of the face model file.")
     detect_width: int = Field(640, ge=64, description="Frames are downscaled to this width for detection.")
@@ -124,6 +134,25 @@ class FaceSettings(_Section):
     max_faces: int = Field(4, ge=1, description="Most faces kept per frame (largest first).")
     min_face: int = Field(40, ge=8, description="Smallest face side searched for, in full-resolution pixels.")
     iou_match: float = Field(0.3, gt=0, lt=1, description="IoU above which a box continues a track.")
+    min_score: float = Field(
+        0.5, gt=0, lt=1, description="blazeface: lowest detection score that starts a track."
+    )
+    continue_score: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="blazeface: lowest score that continues an existing track (ByteTrack's low stage).",
+    )
+    max_missed: int = Field(5, ge=0, description="Sampled frames a face track coasts without a detection.")
+    redetect_every: int = Field(
+        1,
+        ge=1,
+        description="blazeface: run the detector on at least every N-th sampled frame; in between the "
+        "landmark model follows the faces found (1: detect on every sampled frame).",
+    )
+    max_jump: float = Field(
+        1.0, ge=0, description="Largest move between sampled frames, in face sizes, that continues a track."
+    )
 
 
 class LiveSourceSettings(_Section):
@@ -210,6 +239,21 @@ class DetectSettings(_Section):
     evidence_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long the evidence crops of alerts are kept in Redis, seconds."
     )
+
+
+class AlertSettings(_Section):
+    """What published scores reveal (forensics/disclosure.py): alerts, results stream, scan, web API."""
+
+    scores: Literal["full", "rounded", "label"] = Field(
+        "label",
+        description="full: scores as computed; rounded: to score_decimals; label: no continuous score "
+        "(labels, counts and rates only). Scores are a membership-inference/inversion oracle: rounding to "
+        "1-4 decimals left the attack's AUC unchanged, label brought it to chance (README: Privacy).",
+    )
+    score_decimals: int = Field(
+        2, ge=0, le=8, description="With scores=rounded: decimals of probabilities and rates "
+        "(anomaly scores keep this many significant digits plus one).",
+    )  # fmt: skip
 
 
 class RetrainSettings(_Section):
@@ -350,6 +394,7 @@ class Settings(BaseSettings):
     faces: FaceSettings = Field(default_factory=FaceSettings)
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     web: WebSettings = Field(default_factory=WebSettings)
 

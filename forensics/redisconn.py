@@ -32,23 +32,39 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 30.0) -> redis.Redis:
+def connect(
+    url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 30.0, cluster: bool = False
+) -> redis.Redis:
     """A checked client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user:password allowed).
 
-    Raises RedisUnavailable with one line if the server cannot be reached or refuses us.
+    With ``cluster``, ``url`` is any node of a Redis Cluster and the client is redis-py's
+    RedisCluster (it learns the other nodes, follows MOVED/ASK, and re-learns the topology after a
+    failover); it offers the same commands for keys of one slot. Raises RedisUnavailable with one
+    line if the server cannot be reached or refuses us, or if ``cluster`` does not match the server.
     """
     try:
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            health_check_interval=30,
-            decode_responses=False,
-        )
-        client.ping()
+        if cluster:
+            if url.startswith("unix://"):
+                raise ValueError("a Redis Cluster is reached over TCP (redis:// or rediss://), not a unix socket")
+            client = redis.RedisCluster.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout, decode_responses=False
+            )
+        else:
+            client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+                health_check_interval=30,
+                decode_responses=False,
+            )
+            client.ping()
+            if _is_cluster_node(client):
+                raise ValueError("it is a Redis Cluster node: set redis.cluster = true (FORENSICS_REDIS__CLUSTER=true)")
     except redis.AuthenticationError as err:
         raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {err}") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as err:
+    except ValueError as err:
+        raise RedisUnavailable(f"cannot use Redis at {redact(url)}: {err}") from None
+    except (redis.RedisError, OSError) as err:
         raise RedisUnavailable(
             f"cannot reach Redis at {redact(url)}: {err}. Check FORENSICS_REDIS__URL, "
             "or unset it to use the embedded server."
@@ -56,8 +72,16 @@ def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 3
     return client
 
 
+def _is_cluster_node(client: redis.Redis) -> bool:
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:  # INFO renamed or disabled by an ACL: assume a plain server
+        return False
+
+
 def connect_settings(settings: Settings, url: str) -> redis.Redis:
-    return connect(url, connect_timeout=settings.redis.connect_timeout, socket_timeout=settings.redis.socket_timeout)
+    return connect(url, connect_timeout=settings.redis.connect_timeout, socket_timeout=settings.redis.socket_timeout,
+                   cluster=settings.redis.cluster)  # fmt: skip
 
 
 def find_redis_server() -> str:

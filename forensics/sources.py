@@ -34,11 +34,10 @@ FLOAT_FIELDS = {"fps", "lag_s", "retry_in_s", "last_frame_at", "last_sent_at"}
 def source_rows(r: redis.Redis, settings: Settings) -> list[dict]:
     """Every source hash under the prefix (live and file), plus configured live sources never
     started (state ``unknown``), sorted by id. Numbers are ints/floats, the rest strings."""
-    keys = Keys(settings.redis.prefix)
-    head = keys.source("")
+    keys = Keys.for_settings(settings)
     rows: dict[str, dict] = {}
-    for key in r.scan_iter(match=f"{head}*", count=500):
-        source_id = key.decode()[len(head) :]
+    for key in r.scan_iter(match=keys.source_pattern, count=500):
+        source_id = keys.source_id_of(key.decode())
         row: dict = {"id": source_id}
         for k, v in r.hgetall(key).items():
             name, text = k.decode(), v.decode()

@@ -12,20 +12,48 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import redis
+from redis.crc import key_slot
 
 DETECT_GROUP = "detect"
 
+# Errors of a Redis that is restarting or failing over (a cluster promotes a replica within
+# seconds): a worker waits and retries; what it had not acknowledged stays pending meanwhile.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
 
 class Keys:
-    """Names of every Redis key, under one prefix. Nothing else builds a key name."""
+    """Names of every Redis key, under one prefix. Nothing else builds a key name.
 
-    def __init__(self, prefix: str = "forensics"):
-        self.prefix = prefix
-        self.frames = f"{prefix}:frames"  # stream of FrameBatches, group "detect"
+    Single Redis with one shard (the default): ``<prefix>:frames``, ``<prefix>:sources:<id>``, ...
+    as documented. Sharded (``shards > 1``) or on a Redis Cluster, the frames stream is split into
+    ``shards`` streams, a source always writing to shard ``shard_of(source)``; that shard's stream and
+    every key of its sources (state hash, ingest progress, file aggregate, live window and state,
+    evidence crops) carry the shard's hash tag, so they live in one cluster slot and every
+    MULTI/EXEC or Lua script on them touches one slot. On a cluster the other keys share the tag
+    ``{<prefix>}`` (the prefix is written with braces: ``{forensics}:alerts``): an alert's dedupe
+    marker sits in the alerts stream's slot, so the emit-once script touches one slot too.
+    """
+
+    def __init__(self, prefix: str = "forensics", *, shards: int = 1, cluster: bool = False):
+        if shards < 1:
+            raise ValueError("shards must be >= 1")
+        self.name = prefix
+        self.shards = shards
+        self.cluster = cluster
+        self.tagged = cluster or shards > 1
+        self.prefix = prefix = f"{{{prefix}}}" if cluster else prefix
         self.results = f"{prefix}:results"  # stream of per-batch scores
         self.alerts = f"{prefix}:alerts"  # stream + pub/sub channel of alerts
         self.dead = f"{prefix}:dead"  # stream: entries that failed N deliveries
@@ -35,38 +63,99 @@ class Keys:
         self.retrain_lock = f"{prefix}:retrain:lock"  # one retraining at a time
         self.retrain_last = f"{prefix}:retrain:last"  # the last run's id and start
         self.retrain_refine = f"{prefix}:retrain:refine"  # the adversarial radius refinement state
+        self._tags = [shard_tag(self.name, i, shards) for i in range(shards)] if self.tagged else [""]
+        # streams of FrameBatches, group "detect"
+        self.frames_shards = [self._in_shard(i, "frames") for i in range(shards)]
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> Keys:
+        """The keys of ``settings.redis`` (prefix, shards, cluster)."""
+        rs = settings.redis
+        return cls(rs.prefix, shards=rs.shards, cluster=rs.cluster)
+
+    def _in_shard(self, shard: int, what: str) -> str:
+        return f"{self.name}:{{{self._tags[shard]}}}:{what}" if self.tagged else f"{self.prefix}:{what}"
+
+    @property
+    def frames(self) -> str:
+        """The frames stream when there is one shard (sharded: ``frames_for(source)``, ``frames_shards``)."""
+        if len(self.frames_shards) != 1:
+            raise ValueError(f"the frames stream has {self.shards} shards: use frames_for(source) or frames_shards")
+        return self.frames_shards[0]
+
+    def shard_of(self, source: str) -> int:
+        """The shard a source writes to: CRC32 of its id, modulo the shard count (stable everywhere)."""
+        return zlib.crc32(source.encode()) % self.shards
+
+    def frames_for(self, source: str) -> str:
+        return self.frames_shards[self.shard_of(source)]
+
+    def _per_source(self, what: str, source: str) -> str:
+        if self.tagged:
+            return self._in_shard(self.shard_of(source), f"{what}:{source}")
+        return f"{self.prefix}:{what}:{source}"
 
     def source(self, source_id: str) -> str:
         """Hash: a source's state and counters (forensics.sources)."""
-        return f"{self.prefix}:sources:{source_id}"
+        return self._per_source("sources", source_id)
 
-    def ingest_progress(self, file_key: str) -> str:
-        """Hash: how far a dropped file's ingestion got."""
-        return f"{self.prefix}:ingest:{file_key}"
+    @property
+    def source_pattern(self) -> str:
+        """SCAN pattern of every source hash."""
+        return f"{self.name}:{{*}}:sources:*" if self.tagged else f"{self.prefix}:sources:*"
+
+    @staticmethod
+    def source_id_of(key: str) -> str:
+        return key.rsplit(":sources:", 1)[1]
+
+    def ingest_progress(self, file_key: str, source: str = "") -> str:
+        """Hash: how far a dropped file's ingestion got; sharded, beside its source's frames shard."""
+        if not self.tagged:
+            return f"{self.prefix}:ingest:{file_key}"
+        return self._in_shard(self.shard_of(source), f"ingest:{file_key}")
 
     def alert_marker(self, alert_id: str) -> str:
-        """Key: set once an alert id was published (writers deduplicate on it)."""
+        """Key: set once an alert id was published (writers deduplicate on it); alerts stream's slot."""
         return f"{self.prefix}:alert-ids:{alert_id}"
 
     def evidence(self, source: str) -> str:
         """Hash: a source's evidence crops (PNG) by frame and track."""
-        return f"{self.prefix}:crops:{source}"
+        return self._per_source("crops", source)
 
     def label_crops(self, alert_id: str) -> str:
-        """Hash: the crops kept with an analyst's label, for retraining."""
+        """Hash: the crops kept with an analyst's label, for retraining (the labels hash's slot)."""
         return f"{self.prefix}:labels:crops:{alert_id}"
+
+    def evidence_times(self, source: str) -> str:
+        """Sorted set: when each of a source's evidence crops was kept (Unix s), for ``forensics purge --before``."""
+        return self._per_source("crops-at", source)
+
+    def per_source_pattern(self, what: str) -> str:
+        """SCAN pattern of one kind of per-source key ("crops-at", "win", ...) of every source."""
+        return f"{self.name}:{{*}}:{what}:*" if self.tagged else f"{self.prefix}:{what}:*"
 
     def aggregate(self, source: str) -> str:
         """Hash: a file source's per-batch scores until its verdict."""
-        return f"{self.prefix}:agg:{source}"
+        return self._per_source("agg", source)
 
     def window(self, source: str) -> str:
         """Sorted set: a live source's recent scores (the sliding window)."""
-        return f"{self.prefix}:win:{source}"
+        return self._per_source("win", source)
 
     def live_state(self, source: str) -> str:
         """Hash: a live source's alert state (hysteresis)."""
-        return f"{self.prefix}:live:{source}"
+        return self._per_source("live", source)
+
+
+def shard_tag(prefix: str, shard: int, shards: int) -> str:
+    """Hash tag of frames shard ``shard`` of ``shards``: the first ``<prefix>.<shard>.<j>`` whose cluster
+    slot falls in the shard's even share of the 16384 slots, so shards spread over the masters of
+    a cluster whose slots are split evenly (what ``redis-cli --cluster create`` does)."""
+    for j in range(100_000):
+        tag = f"{prefix}.{shard}.{j}"
+        if key_slot(tag.encode()) * shards // 16384 == shard:
+            return tag
+    raise AssertionError("no tag found")  # unreachable: CRC16 covers every slot range
 
 
 @dataclass
@@ -74,6 +163,7 @@ class Entry:
     id: bytes
     fields: dict[bytes, bytes]
     deliveries: int = 1
+    stream: str = ""  # the (shard) stream it was read from
 
 
 def ensure_group(r: redis.Redis, stream: str, group: str = DETECT_GROUP) -> None:
@@ -126,16 +216,95 @@ def wait_below_high_water(
 
 
 def read_group(
-    r: redis.Redis, stream: str, consumer: str, *, count: int, block_ms: int, group: str = DETECT_GROUP
+    r: redis.Redis, stream: str, consumer: str, *, count: int, block_ms: int | None, group: str = DETECT_GROUP
 ) -> list[Entry]:
-    """New entries for this consumer (XREADGROUP ... >)."""
-    reply = r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+    """New entries for this consumer (XREADGROUP ... >); ``block_ms`` None: do not block."""
+    return _entries(r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms))
+
+
+def read_shards(
+    r: redis.Redis, keys: Keys, consumer: str, *, count: int, block_ms: int, turn: int = 0, group: str = DETECT_GROUP
+) -> list[Entry]:
+    """New entries from every frames shard, at most ``count`` per shard.
+
+    One Redis: one XREADGROUP over all shards. A cluster: a command may touch one slot only, so
+    every shard is read without blocking, and if all are empty the call blocks on shard ``turn``
+    (rotate it between calls) for a share of ``block_ms``.
+    """
+    shards = keys.frames_shards
+    if not keys.cluster or len(shards) == 1:
+        return _entries(r.xreadgroup(group, consumer, dict.fromkeys(shards, ">"), count=count, block=block_ms))
+    out: list[Entry] = []
+    for stream in shards:
+        out += read_group(r, stream, consumer, count=count, block_ms=None, group=group)
+    if not out:
+        wait = max(1, block_ms // len(shards))
+        out = read_group(r, shards[turn % len(shards)], consumer, count=count, block_ms=wait, group=group)
+    return out
+
+
+def _entries(reply) -> list[Entry]:
     out = []
-    for _name, entries in reply or []:
+    for name, entries in reply or []:
+        stream = name.decode() if isinstance(name, bytes) else name
         for entry_id, fields in entries:
             if fields is not None:  # None: entry deleted while pending
-                out.append(Entry(entry_id, fields))
+                out.append(Entry(entry_id, fields, stream=stream))
     return out
+
+
+def total_backlog(r: redis.Redis, keys: Keys, group: str = DETECT_GROUP) -> int:
+    """The group's backlog summed over every frames shard."""
+    return sum(backlog(r, stream, group) for stream in keys.frames_shards)
+
+
+# Connected replicas per cluster master (node name -> (count, monotonic time read)), re-read every
+# few seconds: WAIT on a master without replicas would block for its whole timeout.
+_REPLICAS: dict[str, tuple[int, float]] = {}
+_REPLICAS_TTL_S = 5.0
+_NODE_CLIENTS = threading.local()
+
+
+def _node_client(r: redis.RedisCluster, node: Any) -> redis.Redis:
+    """This thread's client of one cluster node, over a pool of ONE connection: WAIT counts the
+    writes of its own connection, so the writes and the WAIT must share it."""
+    clients = _NODE_CLIENTS.__dict__.setdefault("clients", {})
+    client = clients.get(node.name)
+    if client is None:
+        base = r.get_redis_connection(node).connection_pool
+        pool = redis.BlockingConnectionPool(
+            max_connections=1, timeout=30, connection_class=base.connection_class, **base.connection_kwargs
+        )
+        client = clients[node.name] = redis.Redis(connection_pool=pool)
+    return client
+
+
+@contextmanager
+def replicated(r: redis.Redis, keys: Keys, key: str, *, timeout_ms: int = 1000) -> Iterator[redis.Redis]:
+    """Yield the client to write ``key``'s slot with (several keys: one slot).
+
+    Single Redis: ``r`` itself, nothing more. Cluster: a client of the slot's master, and after the
+    block a WAIT until one replica has every write made in it, so that a failover right after
+    (the replica promoted) cannot lose them. A master without replicas (just after a failover) is
+    not waited on. The cluster's asynchronous replication otherwise loses the last writes."""
+    if not keys.cluster:
+        yield r
+        return
+    node = r.get_node_from_key(key)
+    client = _node_client(r, node)
+    try:
+        yield client
+    except redis.ResponseError as err:
+        if str(err).startswith(("MOVED", "ASK")):  # slots moved (resharding): learn the new layout, retry
+            r.nodes_manager.initialize()
+            raise redis.exceptions.TryAgainError(str(err)) from None
+        raise
+    count, seen = _REPLICAS.get(node.name, (0, -_REPLICAS_TTL_S))
+    if time.monotonic() - seen >= _REPLICAS_TTL_S:
+        count = int(client.info("replication").get("connected_slaves", 0))
+        _REPLICAS[node.name] = (count, time.monotonic())
+    if count:
+        client.wait(1, timeout_ms)
 
 
 def ack(r: redis.Redis, stream: str, ids: list[bytes], group: str = DETECT_GROUP, *, delete: bool = False) -> None:
@@ -160,20 +329,29 @@ def reclaim_stale(
     counts = {}
     for p in r.xpending_range(stream, group, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) * 4 + 16):
         counts[p["message_id"]] = int(p["times_delivered"])
-    return [Entry(eid, f, counts.get(eid, 1)) for eid, f in claimed]
+    return [Entry(eid, f, counts.get(eid, 1), stream=stream) for eid, f in claimed]
 
 
 def dead_letter(
     r: redis.Redis, keys: Keys, entry: Entry, error: str, group: str = DETECT_GROUP, stream: str | None = None
 ) -> None:
-    """Move an entry to the dead-letter stream with its error, and acknowledge it."""
-    stream = stream or keys.frames
+    """Move an entry to the dead-letter stream with its error, and acknowledge it.
+
+    On a cluster the dead-letter stream and the frames shard are in different slots: the entry is
+    added to the dead letters first, then acknowledged (a crash between leaves it pending, so it may
+    be dead-lettered twice, never lost)."""
+    stream = stream or entry.stream or keys.frames
     fields: dict[Any, Any] = dict(entry.fields)
     fields[b"error"] = error.encode()
     fields[b"origin"] = f"{stream}/{entry.id.decode()}".encode()
     fields[b"deliveries"] = str(entry.deliveries).encode()
-    pipe = r.pipeline(transaction=True)
-    pipe.xadd(keys.dead, fields)
+    if keys.cluster:
+        with replicated(r, keys, keys.dead) as c:
+            c.xadd(keys.dead, fields)
+        pipe = r.pipeline(transaction=True)
+    else:
+        pipe = r.pipeline(transaction=True)
+        pipe.xadd(keys.dead, fields)
     pipe.xack(stream, group, entry.id)
     pipe.xdel(stream, entry.id)
     pipe.execute()

@@ -3,7 +3,8 @@
 A stream entry has three fields:
 
 - ``v``: schema version (ASCII integer),
-- ``meta``: UTF-8 JSON header (source, sequence, per-image frame index, pts, wall time, box, track),
+- ``meta``: UTF-8 JSON header (source, sequence, per-image frame index, pts, wall time, box, track,
+  landmarks),
 - ``data``: raw uint8 bytes of the images, C order, shape ``[N, S, S, 3]`` (RGB).
 
 An end-of-file marker is a FrameBatch of kind ``eof`` with no images; its ``info`` carries the
@@ -22,7 +23,9 @@ import numpy as np
 
 from forensics.errors import WireError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added per-image landmarks; version 1 batches still decode (landmarks None)
+READABLE_VERSIONS = (1, 2)
+MAX_LANDMARKS = 512  # points per image
 MAX_IMAGES = 4096
 MAX_SIDE = 4096
 
@@ -37,7 +40,9 @@ class FrameBatch:
     images: uint8 [N, S, S, 3] RGB (whole frames resized, or square face crops).
     frame_index[i], pts[i] (seconds, None when the stream has none), wall[i] (unix seconds when
     decoded), box[i] ([x0, y0, x1, y1] in source pixels, the crop's region), track[i] (face track
-    id, None for whole frames) describe image i.
+    id, None for whole frames) describe image i. landmarks[i] is None or [[x, y], ...] floats in
+    source pixels (five points in ``forensics.faces.LANDMARK_NAMES`` order from detectors that have
+    them); an empty ``landmarks`` list means None for every image.
     """
 
     source: str
@@ -50,6 +55,7 @@ class FrameBatch:
     wall: list[float] = field(default_factory=list)
     box: list[list[int]] = field(default_factory=list)
     track: list[int | None] = field(default_factory=list)
+    landmarks: list[list[list[float]] | None] = field(default_factory=list)
     frame_size: tuple[int, int] = (0, 0)  # source (width, height)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +79,7 @@ def encode(batch: FrameBatch) -> dict[str, bytes]:
         "wall": batch.wall,
         "box": batch.box,
         "track": batch.track,
+        "landmarks": batch.landmarks or [None] * len(images),
         "frame_size": list(batch.frame_size),
         "info": batch.info,
     }
@@ -93,8 +100,8 @@ def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
         version = int(f["v"])
     except (TypeError, ValueError):
         raise WireError(f"not a FrameBatch: schema version {f['v']!r} is not an integer") from None
-    if version != SCHEMA_VERSION:
-        raise WireError(f"FrameBatch schema version {version} is not supported (expected {SCHEMA_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise WireError(f"FrameBatch schema version {version} is not supported (expected one of {READABLE_VERSIONS})")
     try:
         meta = json.loads(f["meta"])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -121,6 +128,7 @@ def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
             wall=meta["wall"],
             box=meta["box"],
             track=meta["track"],
+            landmarks=meta["landmarks"] if version >= 2 else [None] * shape[0],
             frame_size=tuple(meta["frame_size"]),
             info=meta["info"],
         )
@@ -155,6 +163,11 @@ def _check_batch(b: FrameBatch) -> None:
         value = getattr(b, name)
         if not isinstance(value, list) or len(value) != n:
             raise WireError(f"FrameBatch {name} must be a list of {n} items")
+    if b.landmarks and (not isinstance(b.landmarks, list) or len(b.landmarks) != n):
+        raise WireError(f"FrameBatch landmarks must be a list of {n} items")
+    for marks in b.landmarks:
+        if marks is not None and not _is_points(marks):
+            raise WireError(f"FrameBatch landmarks {str(marks)[:60]} are not [[x, y], ...] finite numbers")
     for box in b.box:
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)):
             raise WireError(f"FrameBatch box {box!r} is not [x0, y0, x1, y1] integers")
@@ -162,3 +175,16 @@ def _check_batch(b: FrameBatch) -> None:
         raise WireError("FrameBatch frame_index must hold integers")
     if not (len(b.frame_size) == 2 and all(isinstance(v, int) for v in b.frame_size)):
         raise WireError(f"FrameBatch frame_size {b.frame_size!r} is not (width, height)")
+
+
+def _is_points(marks: object) -> bool:
+    return (
+        isinstance(marks, list)
+        and 0 < len(marks) <= MAX_LANDMARKS
+        and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+            for p in marks
+        )
+    )

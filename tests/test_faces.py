@@ -8,7 +8,7 @@ from skimage import data as skdata
 
 from forensics.config import FaceSettings
 from forensics.errors import ConfigError
-from forensics.faces import FaceCropper, HaarDetector, IouTracker, build_cropper, iou, square_region
+from forensics.faces import FaceCropper, FaceTracker, HaarDetector, build_cropper, iou, square_region
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def astronaut() -> np.ndarray:
 
 
 def test_haar_finds_the_astronauts_face(astronaut):
-    crops = build_cropper(FaceSettings(detect_width=256), 64).crops_rgb(astronaut)
+    crops = build_cropper(FaceSettings(detector="haar", detect_width=256), 64).crops_rgb(astronaut)
     assert len(crops) == 1
     x0, y0, x1, y1 = crops[0].box
     # The face is at roughly x 170-280, y 60-190 in this image.
@@ -27,8 +27,8 @@ def test_haar_finds_the_astronauts_face(astronaut):
 
 def test_detection_on_a_downscaled_copy_maps_boxes_back_to_full_resolution(astronaut):
     big = np.kron(astronaut, np.ones((2, 2, 1), np.uint8))  # 1024x1024
-    small_box = build_cropper(FaceSettings(detect_width=512), 64).crops_rgb(astronaut)[0].box
-    big_box = build_cropper(FaceSettings(detect_width=512), 64).crops_rgb(big)[0].box
+    small_box = build_cropper(FaceSettings(detector="haar", detect_width=512), 64).crops_rgb(astronaut)[0].box
+    big_box = build_cropper(FaceSettings(detector="haar", detect_width=512), 64).crops_rgb(big)[0].box
     assert np.allclose(np.array(big_box), 2 * np.array(small_box), atol=12)
 
 
@@ -47,7 +47,7 @@ def test_square_crop_is_moved_inside_the_frame_and_shrunk_when_too_big():
 
 
 def test_tracker_keeps_ids_for_moving_faces_and_starts_new_ones():
-    t = IouTracker(iou_match=0.3)
+    t = FaceTracker(iou_match=0.3)
     assert t.assign([(0, 0, 50, 50), (200, 200, 260, 260)]) == [0, 1]
     assert t.assign([(205, 205, 265, 265), (5, 3, 55, 53)]) == [1, 0]
     assert t.assign([(400, 0, 450, 50)]) == [2]

@@ -76,3 +76,33 @@ def test_foreign_message_with_pickle_payload_is_rejected_not_unpickled():
     fields = {b"v": b"1", b"meta": pickle.dumps({"a": 1}), b"data": b""}
     with pytest.raises(WireError):
         decode(fields)
+
+
+def test_landmarks_round_trip_and_batches_without_them_decode():
+    b = _batch()
+    b.landmarks = [[[10.5, 20.25], [30.0, 20.0], [20.0, 30.0], [12.0, 40.0], [28.0, 40.0]], None, [[1, 2]]]
+    out = decode(encode(b))
+    assert out.landmarks == b.landmarks
+    # Written without landmarks: None for each image.
+    assert decode(encode(_batch())).landmarks == [None, None, None]
+
+
+def test_a_schema_1_batch_without_landmarks_still_decodes():
+    fields = encode(_batch())
+    meta = json.loads(fields["meta"])
+    del meta["landmarks"]  # exactly what a version 1 writer put in the header
+    v1 = {b"v": b"1", b"meta": json.dumps(meta).encode(), b"data": fields["data"]}
+    out = decode(v1)
+    assert out.landmarks == [None, None, None] and out.track == [0, 1, None] and out.box == [[1, 2, 30, 40]] * 3
+
+
+@pytest.mark.parametrize(
+    "landmarks",
+    [[None], [[[1.0, 2.0]], None, [[1.0]]], [[[1.0, float("nan")]], None, None], [[[True, 1.0]], None, None]],
+    ids=["wrong-count", "not-a-pair", "nan", "bool"],
+)
+def test_malformed_landmarks_are_rejected(landmarks):
+    b = _batch()
+    b.landmarks = landmarks
+    with pytest.raises(WireError, match="landmarks"):
+        encode(b)

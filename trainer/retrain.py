@@ -143,7 +143,7 @@ def run_retrain(settings: Settings, r: redis.Redis, *, trigger: str = "manual",
     for user-caused problems (no current model, missing data) after recording the failure.
     ``train_overrides`` replaces TrainConfig fields of the candidate (``warm_start`` too).
     """
-    keys = Keys(settings.redis.prefix)
+    keys = Keys.for_settings(settings)
     reg = Registry(settings.models_dir)
     lock = RedisLock(r, keys.retrain_lock, ttl_s=settings.retrain.lock_ttl_s)
     lock.acquire()

@@ -47,7 +47,7 @@ class Scheduler:
     def __init__(self, settings: Settings, r: redis.Redis, *, run: RunFn = run_retrain):
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.run_fn = run
         self.log = get_logger()
         self.records: list[dict[str, Any]] = []

@@ -25,11 +25,22 @@ import redis
 
 from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.config import Settings
+from forensics.disclosure import RESULT_FIELDS, disclose
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
 from forensics.registry import Registry
-from forensics.streams import Entry, Keys, ack, backlog, dead_letter, ensure_group, read_group, reclaim_stale
+from forensics.streams import (
+    TRANSIENT_ERRORS,
+    Entry,
+    Keys,
+    ack,
+    dead_letter,
+    ensure_group,
+    read_shards,
+    reclaim_stale,
+    total_backlog,
+)
 from forensics.verdicts import CropRecord, file_verdict, window_decision
 from forensics.wire import FrameBatch, decode
 
@@ -49,16 +60,18 @@ class DetectWorker:
         self.settings = settings
         self.cfg = settings.detect
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.consumer = consumer or self.cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.registry = Registry(settings.models_dir)
-        self.alerts = AlertWriter(r, self.keys)
+        self.alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.log = get_logger(consumer=self.consumer)
         self.model: LoadedModel | None = None
         self._refused: set[str] = set()
         self.stats = {"batches": 0, "faces": 0, "alerts": 0, "dead": 0, "reloads": 0, "failures": 0}
         self.metrics = None
-        ensure_group(r, self.keys.frames)
+        self._turn = 0  # which shard a cluster read blocks on next
+        for stream in self.keys.frames_shards:
+            ensure_group(r, stream)
 
     # -- model ----------------------------------------------------------------------------
     def _wanted_version(self) -> str | None:
@@ -101,32 +114,46 @@ class DetectWorker:
     def run(self, stop: threading.Event) -> None:
         if self.model is None:
             self.load_initial()
-        self.log.info("detect worker running", stream=self.keys.frames)
+        self.log.info("detect worker running", streams=self.keys.frames_shards)
         last_reclaim = last_reload = 0.0
+        redis_down = False
         while not stop.is_set():
             now = time.monotonic()
-            if now - last_reload > 1.0:
-                self.maybe_reload()
-                last_reload = now
-            if now - last_reclaim > max(0.2, self.cfg.claim_idle_ms / 4000):
-                self.step_reclaim()
-                last_reclaim = now
-                if self.metrics:
-                    self.metrics.backlog.set(self.backlog())
-            self.step_new()
+            try:
+                if now - last_reload > 1.0:
+                    self.maybe_reload()
+                    last_reload = now
+                if now - last_reclaim > max(0.2, self.cfg.claim_idle_ms / 4000):
+                    self.step_reclaim()
+                    last_reclaim = now
+                    if self.metrics:
+                        self.metrics.backlog.set(self.backlog())
+                self.step_new()
+            except TRANSIENT_ERRORS as err:
+                # A failover or restart: what was not acknowledged stays pending and is retried.
+                if not redis_down:
+                    self.log.warning(f"Redis unavailable: {err}; retrying")
+                redis_down = True
+                stop.wait(0.5)
+                continue
+            if redis_down:
+                self.log.info("Redis reachable again")
+                redis_down = False
             if self.metrics:
                 self.metrics.heartbeat = time.monotonic()
 
     def step_new(self) -> int:
-        entries = read_group(self.r, self.keys.frames, self.consumer, count=self.cfg.read_count,
-                             block_ms=self.cfg.block_ms)  # fmt: skip
+        entries = read_shards(self.r, self.keys, self.consumer, count=self.cfg.read_count, block_ms=self.cfg.block_ms,
+                              turn=self._turn)  # fmt: skip
+        self._turn += 1
         if entries:
             self.process(entries)
         return len(entries)
 
     def step_reclaim(self) -> int:
-        entries = reclaim_stale(self.r, self.keys.frames, self.consumer, min_idle_ms=self.cfg.claim_idle_ms,
-                                count=self.cfg.read_count)  # fmt: skip
+        entries = [e for stream in self.keys.frames_shards
+                   for e in reclaim_stale(self.r, stream, self.consumer, min_idle_ms=self.cfg.claim_idle_ms,
+                                          count=self.cfg.read_count)]  # fmt: skip
         live = []
         for e in entries:
             if e.deliveries > self.cfg.max_deliveries:
@@ -165,7 +192,9 @@ class DetectWorker:
             self.r.hset(self.keys.errors, w.entry.id, w.error)
             self.log.warning("batch failed; left pending for retry", entry=w.entry.id.decode(), error=w.error)
         # Acknowledge only after results and alerts are written; frames are large, delete them too.
-        ack(self.r, self.keys.frames, done, delete=True)
+        streams = {w.entry.id: w.entry.stream or self.keys.frames for w in works}
+        for stream in dict.fromkeys(streams.values()):
+            ack(self.r, stream, [i for i in done if streams[i] == stream], delete=True)
         if done:
             self.r.hdel(self.keys.errors, *done)
 
@@ -229,9 +258,11 @@ class DetectWorker:
             "source": b.source, "seq": b.seq, "source_kind": b.source_kind,
             "model": self.model.info,
             "crops": [r.to_json() for r in records],
-            "fields": ["frame", "pts", "track", "fake_prob", "mahalanobis", "anomalous", "box"],
+            "fields": list(RESULT_FIELDS),
             "wall": b.wall[0] if b.wall else None, "scored_at": time.time(),
         }  # fmt: skip
+        pol = self.settings.alerts
+        event = disclose(event, pol.scores, pol.score_decimals, frame_threshold=self.model.frame_threshold)
         self.r.xadd(self.keys.results, {"event": json.dumps(event, separators=(",", ":"))},
                     maxlen=_RESULTS_MAXLEN, approximate=True)  # fmt: skip
 
@@ -245,13 +276,16 @@ class DetectWorker:
             return
         picks = {max(range(len(records)), key=lambda i: records[i].prob),
                  max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
-        key = self.keys.evidence(b.source)
+        key, times = self.keys.evidence(b.source), self.keys.evidence_times(b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
             png = encode_crop_png(b.images[i])
             if png is not None:
-                pipe.hset(key, evidence_field(records[i].frame, records[i].track), png)
+                field = evidence_field(records[i].frame, records[i].track)
+                pipe.hset(key, field, png)
+                pipe.zadd(times, {field: b.wall[i] if b.wall else time.time()})
         pipe.expire(key, self.cfg.evidence_ttl_s)
+        pipe.expire(times, self.cfg.evidence_ttl_s)
         pipe.execute()
 
     def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
@@ -345,7 +379,7 @@ class DetectWorker:
             self.metrics.alert(kind)
 
     def backlog(self) -> int:
-        return backlog(self.r, self.keys.frames)
+        return total_backlog(self.r, self.keys)
 
 
 def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:

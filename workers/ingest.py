@@ -24,9 +24,9 @@ import redis
 
 from forensics.config import Settings, resolve_frame_size
 from forensics.errors import BadVideo
-from forensics.faces import FaceCropper, build_cropper
+from forensics.faces import Crop, FaceCropper, build_cropper
 from forensics.logs import get_logger
-from forensics.streams import Keys, ensure_group, wait_below_high_water
+from forensics.streams import TRANSIENT_ERRORS, Keys, ensure_group, replicated, wait_below_high_water
 from forensics.timestamps import now_iso
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
@@ -105,7 +105,7 @@ class FileIngest:
             raise ValueError("ingest.watch_dir is not set")
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.watch = Path(ing.watch_dir)
         self.done_dir = Path(ing.done_dir or self.watch / "done")
         self.failed_dir = Path(ing.failed_dir or self.watch / "failed")
@@ -114,7 +114,8 @@ class FileIngest:
         self.cropper = cropper if cropper is not None else build_cropper(settings.faces, resolve_frame_size(settings))
         self.stable = StableFiles(self.watch, ing.stable_seconds)
         self.log = get_logger()
-        ensure_group(r, self.keys.frames)
+        for stream in self.keys.frames_shards:
+            ensure_group(r, stream)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -123,7 +124,14 @@ class FileIngest:
             for path in self.stable.ready():
                 if stop.is_set():
                     break
-                self.process(path, stop)
+                try:
+                    self.process(path, stop)
+                except TRANSIENT_ERRORS as err:
+                    # Redis restarting or failing over: the file is taken again from its progress
+                    # counter, so no batch is added twice.
+                    self.log.warning(f"Redis unavailable: {err}; will resume the file", file=path.name)
+                    stop.wait(1.0)
+                    break
                 self.stable.forget(path)
             stop.wait(self.settings.ingest.poll_interval)
 
@@ -136,7 +144,7 @@ class FileIngest:
             return FileOutcome(path, "", "failed", reason="file vanished before ingest")
         source = source_id_for(path, key)
         log = self.log.bind(source=source, file=path.name)
-        progress_key = self.keys.ingest_progress(key)
+        progress_key = self.keys.ingest_progress(key, source)
         progress = {k.decode(): v.decode() for k, v in self.r.hgetall(progress_key).items()}
         if progress.get("eof") == "1":
             # Crashed after the end-of-file marker but before the move: only the move is left.
@@ -172,7 +180,7 @@ class FileIngest:
         ing = self.settings.ingest
         sampler = FrameSampler(ing.sample, every_nth=ing.every_nth, fps=ing.fps)
         frames = decode_file(path, ing.limits, sampler, threads=ing.decode_threads, info_out=stats)
-        pending: list[tuple[DecodedFrame, np.ndarray, list[int], int | None, float]] = []
+        pending: list[tuple[DecodedFrame, Crop, float]] = []
         stats["no_face_frames"] = 0
         seq = 0
         self.cropper.reset()
@@ -184,7 +192,7 @@ class FileIngest:
             if not crops:
                 stats["no_face_frames"] += 1
             for crop in crops:
-                pending.append((df, crop.image, crop.box, crop.track, wall))
+                pending.append((df, crop, wall))
                 if len(pending) == ing.batch_size:
                     yield self._make_batch(source, seq, pending, frame_size)
                     seq += 1
@@ -198,22 +206,25 @@ class FileIngest:
             source=source,
             seq=seq,
             source_kind="file",
-            images=np.stack([it[1] for it in items]),
+            images=np.stack([it[1].image for it in items]),
             frame_index=[it[0].index for it in items],
             pts=[it[0].pts for it in items],
-            wall=[it[4] for it in items],
-            box=[list(map(int, it[2])) for it in items],
-            track=[it[3] for it in items],
+            wall=[it[2] for it in items],
+            box=[list(map(int, it[1].box)) for it in items],
+            track=[it[1].track for it in items],
+            landmarks=[it[1].wire_landmarks() for it in items],
             frame_size=frame_size,
         )
 
     def _add(self, batch: FrameBatch, progress_key: str, seq: int) -> None:
         ing = self.settings.ingest
-        wait_below_high_water(self.r, self.keys.frames, ing.high_water)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(batch))
-        pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
-        pipe.execute()
+        frames = self.keys.frames_for(batch.source)
+        wait_below_high_water(self.r, frames, ing.high_water)
+        with replicated(self.r, self.keys, frames) as c:  # on a cluster: survives a failover once written
+            pipe = c.pipeline(transaction=True)
+            pipe.xadd(frames, encode(batch))
+            pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
+            pipe.execute()
 
     def _finish(self, path: Path, source: str, progress_key: str, seq: int, out: FileOutcome, log) -> None:
         info = {
@@ -226,12 +237,14 @@ class FileIngest:
         if out.status == "failed":
             info["error"] = out.reason
         eof = FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info)
-        wait_below_high_water(self.r, self.keys.frames, self.settings.ingest.high_water)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(eof))
-        pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
-        pipe.expire(progress_key, _PROGRESS_TTL_S)
-        pipe.execute()
+        frames = self.keys.frames_for(source)
+        wait_below_high_water(self.r, frames, self.settings.ingest.high_water)
+        with replicated(self.r, self.keys, frames) as c:
+            pipe = c.pipeline(transaction=True)
+            pipe.xadd(frames, encode(eof))
+            pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
+            pipe.expire(progress_key, _PROGRESS_TTL_S)
+            pipe.execute()
         self._move(path, out.status, out.reason)
         self._set_source(
             source,

@@ -35,7 +35,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     stop = stop_event()
     with redis_for(settings) as (r, _url):
         files = FileIngest(settings, r) if settings.ingest.watch_dir is not None else None
-        if not sources:
+        # With a metrics port the supervisor runs even without live sources: it serves /metrics,
+        # the health endpoint of containers and probes.
+        if not sources and settings.ingest.metrics_port is None:
             files.run(stop)
             return 0
         # Files and every live source run side by side: each live source on its own threads.
@@ -108,7 +110,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     for path in args.files:
         try:
-            verdict = scan_file(path, settings, model)
+            verdict = scan_file(path, settings, model, full_scores=args.full_scores)
         except BadVideo as err:
             print(f"forensics: error: {err}", file=sys.stderr)
             status = 1
@@ -165,6 +167,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("scan", help="one-shot verdicts for video files, in this process, without Redis")
     s.add_argument("files", nargs="+", type=Path)
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--full-scores", action="store_true",
+                   help="scores at full precision whatever alerts.scores says (the operator holds the model anyway)")
     s.add_argument("--model", help="model version (default: current)")
     s.set_defaults(func=cmd_scan, role="scan")
 

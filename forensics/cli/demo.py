@@ -103,7 +103,7 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
     from trainer.synth import render_sample_clip
 
     r = connect_settings(settings, url)
-    keys = Keys(settings.redis.prefix)
+    keys = Keys.for_settings(settings)
     start_id = r.xadd(keys.alerts, {"event": json.dumps({"kind": "marker"})})  # read alerts from here on
     staging = watch.parent / "staging"
     staging.mkdir(exist_ok=True)

@@ -20,7 +20,9 @@ def format_alert(event: dict) -> str:
         return (f"[verdict] {event.get('file') or src}: {event.get('label')}  score={score} "
                 f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}")  # fmt: skip
     if kind == "deepfake":
-        return f"[deepfake] {src}: window score {event.get('score', 0):.3f} > {event.get('threshold', 0):.3f}"
+        score = event.get("score")  # null when published under alerts.scores = label
+        score = "over" if score is None else f"{score:.3f} >"
+        return f"[deepfake] {src}: window score {score} {event.get('threshold', 0):.3f}"
     if kind == "anomaly":
         return f"[anomaly] {src}: anomaly rate {event.get('anomaly_rate', 0):.2f}"
     if kind == "source":
@@ -37,7 +39,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     pretty = sys.stdout.isatty() and not args.json
     with redis_for(settings) as (r, _url):
         seen = 0
-        for _id, event in follow_alerts(r, Keys(settings.redis.prefix), since=args.since or "$", until=stop.is_set):
+        for _id, event in follow_alerts(r, Keys.for_settings(settings), since=args.since or "$", until=stop.is_set):
             if args.kind and event["kind"] not in args.kind:
                 continue
             print(format_alert(event) if pretty else json.dumps(event), flush=True)
@@ -56,7 +58,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
     with redis_for(settings) as (r, _url):
-        out = explain_alert(r, Keys(settings.redis.prefix), reg, args.alert_id, margin=settings.faces.margin,
+        out = explain_alert(r, Keys.for_settings(settings), reg, args.alert_id, margin=settings.faces.margin,
                             out=Path(args.out) if args.out else None)  # fmt: skip
     print(json.dumps(out, indent=1))
     return 0
@@ -91,7 +93,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
         # Detect workers follow the announcement on Redis, so a change on disk alone is not enough.
         with redis_for(settings) as (r, _url):
-            keys = Keys(settings.redis.prefix)
+            keys = Keys.for_settings(settings)
             if args.action == "promote":
                 art = promote_announced(reg, r, keys, args.version, reason="manual")
             else:
@@ -106,7 +108,7 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.streams import Keys
 
     with redis_for(settings) as (r, _url):
-        rec = record_label(r, Keys(settings.redis.prefix), args.alert_id, args.label, by=args.by,
+        rec = record_label(r, Keys.for_settings(settings), args.alert_id, args.label, by=args.by,
                            crop_ttl_s=settings.retrain.label_crop_ttl_s)  # fmt: skip
     crops = f"{rec['crops']} crop(s) kept for retraining" if rec["crops"] else "its crop has expired: not usable for training"
     print(f"{args.alert_id}: labelled {rec['label']} by {rec['by']} ({rec['kind']} on {rec['source']}); {crops}")

@@ -23,7 +23,7 @@ class SampleSender:
     """Mixin of :class:`~workers.live.source.LiveSource`: the sender thread."""
 
     def _send_loop(self) -> None:
-        frames_key = self.keys.frames
+        frames_key = self.keys.frames_for(self.id)
         redis_down = False
         while not self._stop.is_set():
             if not self.pending.wait(0.25):
@@ -78,11 +78,12 @@ class SampleSender:
             wall=[s.wall] * n,
             box=[list(map(int, c.box)) for c in crops],
             track=[c.track for c in crops],
+            landmarks=[c.wire_landmarks() for c in crops],
             frame_size=(s.frame.width, s.frame.height),
             info={"connection": s.connection},
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(batch))
+        pipe.xadd(self.keys.frames_for(self.id), encode(batch))
         pipe.hincrby(self.key, "batches_sent", 1)
         pipe.hincrby(self.key, "frames_sent", 1)
         pipe.hincrby(self.key, "images_sent", n)

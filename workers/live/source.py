@@ -49,9 +49,9 @@ class LiveSource(RtspDecoder, SampleSender, SourceWatch):
         self.id = cfg.id
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.key = self.keys.source(cfg.id)
-        self.alerts = alerts or AlertWriter(r, self.keys)
+        self.alerts = alerts or AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.url_shown = redact(cfg.url)
         self.log = get_logger(source=cfg.id)
         self.cropper = cropper or build_cropper(settings.faces, resolve_frame_size(settings))

@@ -27,10 +27,10 @@ class LiveSupervisor:
     def __init__(self, settings: Settings, r: redis.Redis, sources: list[LiveSourceSettings] | None = None):
         self.settings = settings
         self.r = r
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.for_settings(settings)
         self.log = get_logger()
         self._wake = threading.Event()
-        alerts = AlertWriter(r, self.keys)
+        alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         cfgs = settings.sources if sources is None else sources
         self.sources = [LiveSource(c, settings, r, alerts=alerts, wake=self._wake) for c in cfgs]
         self.registry = CollectorRegistry()
@@ -42,7 +42,8 @@ class LiveSupervisor:
         return next(s for s in self.sources if s.id == source_id)
 
     def start(self) -> None:
-        ensure_group(self.r, self.keys.frames)
+        for stream in self.keys.frames_shards:
+            ensure_group(self.r, stream)
         port = self.settings.ingest.metrics_port
         if port is not None and self._metrics_server is None:
             self._metrics_server = serve_metrics(port, self.registry)

