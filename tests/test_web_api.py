@@ -257,7 +257,7 @@ def test_alert_detail_crop_and_per_track_timeline(app_with_users, r, prefix):
         assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
         assert c.get("/api/alert/crop", params={"id": aid, "field": "3:0"}).content == png.content
         tl = c.get("/api/alert/timeline", params={"id": aid}).json()
-        assert tl["x"] == "pts" and tl["batches"] == 2 and tl["complete"] is True
+        assert tl["x"] == "pts" and tl["batches"] == 2 and tl["complete"] is True and tl["scores"] == "full"
         assert sorted(tl["tracks"]) == ["0", "1"]
         assert tl["tracks"]["0"]["frame"] == [0, 1, 2, 3, 4]
         assert tl["tracks"]["0"]["prob"] == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6])

@@ -24,7 +24,8 @@ _SCAN_LIMIT = 50_000
 
 def timeline(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, Any]:
     """{"x": "pts"|"frame", "tracks": {track: {"x": [...], "frame": [...], "prob": [...], "anomalous": [...]}},
-    "batches": n, "complete": bool}; probabilities are float in [0,1], x in seconds of video (pts) or frames."""
+    "batches": n, "complete": bool, "scores": policy}; prob is float in [0,1] (0/1 decisions under the
+    ``label`` policy), x in seconds of video (pts) or frames. Scores are shown as published (disclosed)."""
     source = str(alert.get("source"))
     created = float(alert.get("created_ts") or 0.0)
     is_file = alert.get("kind") == "verdict"
@@ -34,6 +35,7 @@ def timeline(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, Any
     last = f"{int(hi * 1000)}-18446744073709551615"
     crops: list[list] = []
     batches, scanned, complete = set(), 0, not is_file
+    policy = "full"  # alerts.scores of the detect worker that wrote the entries (forensics/disclosure.py)
     while scanned < _SCAN_LIMIT:
         entries = r.xrevrange(keys.results, max=last, min=f"{int(lo * 1000)}-0", count=_CHUNK)
         for entry_id, fields in entries:
@@ -48,6 +50,7 @@ def timeline(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, Any
             if ev.get("source") != source or ev.get("seq") in batches:
                 continue  # a redelivered batch is written twice
             batches.add(ev.get("seq"))
+            policy = ev.get("scores", policy)
             crops.extend(ev.get("crops") or [])
         if entries:
             last = "(" + entries[-1][0].decode()
@@ -62,4 +65,5 @@ def timeline(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, Any
         t["frame"].append(frame)
         t["prob"].append(prob)
         t["anomalous"].append(int(anomalous))
-    return {"x": "pts" if use_pts else "frame", "tracks": tracks, "batches": len(batches), "complete": complete}
+    return {"x": "pts" if use_pts else "frame", "tracks": tracks, "batches": len(batches), "complete": complete,
+            "scores": policy}  # under "label", prob is each crop's 0/1 FAKE decision, not a probability

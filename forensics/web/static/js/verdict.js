@@ -32,7 +32,9 @@ function chart(tl, threshold) {
     note.textContent = "No per-frame scores of this source remain in the results stream.";
     return;
   }
-  note.textContent = `${tl.batches} batches${tl.complete ? "" : " (older batches trimmed from the results stream)"}; x: ${tl.x === "pts" ? "seconds of video" : "frame index"}.`;
+  const decisions = tl.scores === "label";
+  note.textContent = `${tl.batches} batches${tl.complete ? "" : " (older batches trimmed from the results stream)"}; x: ${tl.x === "pts" ? "seconds of video" : "frame index"}.`
+    + (decisions ? " Scores are published as labels only (alerts.scores = label): y is each crop's FAKE decision (1) or not (0)." : "");
   const data = uPlot.join(names.map((n) => [tl.tracks[n].x, tl.tracks[n].prob]));
   const series = [{ label: tl.x === "pts" ? "t (s)" : "frame" },
     ...names.map((n, i) => ({ label: `track ${n}`, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { show: true, size: 5 } }))];
@@ -42,7 +44,7 @@ function chart(tl, threshold) {
   }
   const width = Math.max(320, Math.min(1000, (el.clientWidth || 900) - 20));
   new uPlot({ width, height: 280, series, scales: { x: { time: false }, y: { range: [0, 1] } },
-    axes: [{ label: tl.x === "pts" ? "seconds" : "frame" }, { label: "fake probability" }] }, data, el);
+    axes: [{ label: tl.x === "pts" ? "seconds" : "frame" }, { label: decisions ? "FAKE decision" : "fake probability" }] }, data, el);
 }
 
 function crops(d) {
