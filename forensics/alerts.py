@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import redis
 
+from forensics.config import AlertSettings
+from forensics.disclosure import disclose
 from forensics.errors import ForensicsError
 from forensics.streams import Keys, replicated
 
@@ -57,17 +59,21 @@ def make_alert(kind: str, source: str, alert_id: str, *, model: dict | None = No
 
 
 class AlertWriter:
-    """Publishes alerts to ``<prefix>:alerts`` (stream + channel), each id at most once."""
+    """Publishes alerts to ``<prefix>:alerts`` (stream + channel), each id at most once, with their
+    scores at the precision ``disclosure`` (``alerts.scores``, default: label) allows."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, *, maxlen: int = 100_000, dedupe_ttl: int = DEDUPE_TTL_S):
+    def __init__(self, r: redis.Redis, keys: Keys, *, maxlen: int = 100_000, dedupe_ttl: int = DEDUPE_TTL_S,
+                 disclosure: AlertSettings | None = None):  # fmt: skip
         self.r = r
         self.keys = keys
+        self.disclosure = disclosure or AlertSettings()
         self.maxlen = maxlen
         self.dedupe_ttl = dedupe_ttl
         self._script = r.register_script(_EMIT_ONCE)
 
     def emit(self, alert: dict[str, Any]) -> bool:
         """True if published now, False if this alert id was already published."""
+        alert = disclose(alert, self.disclosure.scores, self.disclosure.score_decimals)
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
         marker = self.keys.alert_marker(alert["alert_id"])
         with replicated(self.r, self.keys, self.keys.alerts) as c:  # on a cluster: survives a failover

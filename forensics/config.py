@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from croniter import CroniterBadDateError, CroniterError, croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -233,6 +241,21 @@ class DetectSettings(_Section):
     )
 
 
+class AlertSettings(_Section):
+    """What published scores reveal (forensics/disclosure.py): alerts, results stream, scan, web API."""
+
+    scores: Literal["full", "rounded", "label"] = Field(
+        "label",
+        description="full: scores as computed; rounded: to score_decimals; label: no continuous score "
+        "(labels, counts and rates only). Scores are a membership-inference/inversion oracle: rounding to "
+        "1-4 decimals left the attack's AUC unchanged, label brought it to chance (README: Privacy).",
+    )
+    score_decimals: int = Field(
+        2, ge=0, le=8, description="With scores=rounded: decimals of probabilities and rates "
+        "(anomaly scores keep this many significant digits plus one).",
+    )  # fmt: skip
+
+
 class RetrainSettings(_Section):
     """Scheduled retraining (``forensics trainer`` / ``forensics retrain --now``)."""
 
@@ -314,6 +337,41 @@ class RetrainSettings(_Section):
         return v
 
 
+class WebUser(_Section):
+    """One console user. viewer: read; analyst: also label alerts; admin: also promote/roll back models."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Login name (recorded as `by` on labels).")
+    role: Literal["viewer", "analyst", "admin"] = Field("viewer", description="What the user may do.")
+    password_hash: str | None = Field(
+        None, description="argon2 hash of the password (`forensics web --hash-password` prints one); unset: no login."
+    )
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 (hex) of an API token sent as `Authorization: Bearer <token>`; unset: no token.",
+    )  # fmt: skip
+
+
+class WebSettings(_Section):
+    """The console (`forensics web`). Without users it serves only on a loopback address."""
+
+    host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback needs `users`.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port).")
+    users: list[WebUser] = Field(default_factory=list, description="Who may sign in, with which role.")
+    local_role: Literal["viewer", "analyst", "admin"] | None = Field(
+        "analyst", description="Role of every visitor when no users are configured (loopback only); unset: refuse."
+    )
+    session_secret: SecretStr | None = Field(
+        None, description="Key that signs session cookies; unset: a random one per process (sign-ins end on restart)."
+    )
+    session_max_age_s: int = Field(12 * 3600, ge=60, description="A sign-in lasts this long, seconds.")
+    secure_cookies: bool = Field(False, description="Send the session cookie over HTTPS only (set behind TLS).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the console answers to besides the bind address (loopback names always).",
+    )
+    explain_timeout_s: float = Field(180.0, gt=0, description="Longest a saliency figure may take, seconds.")
+
+
 class Settings(BaseSettings):
     """Everything a process of the daemon can be told. One instance per process."""
 
@@ -336,7 +394,9 @@ class Settings(BaseSettings):
     faces: FaceSettings = Field(default_factory=FaceSettings)
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _unique_source_ids(self) -> Settings:

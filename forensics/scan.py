@@ -6,19 +6,46 @@ Same decoding (forensics.video), face crops (forensics.faces), model and scorer
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from forensics.config import Settings
+from forensics.disclosure import disclose
 from forensics.faces import build_cropper
 from forensics.model import LoadedModel
 from forensics.verdicts import CropRecord, file_verdict
 from forensics.video import FrameSampler, decode_file
 
 
-def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
-    """Verdict fields for one file (as in a ``verdict`` alert). Raises BadVideo if unreadable."""
+@dataclass
+class ScanDetail:
+    """What a case report needs beyond the verdict: every scored crop, and the ``keep`` most
+    fake-looking crops with a thumbnail of their frame (uint8 RGB, at most ``thumb_width`` wide)."""
+
+    keep: int = 6
+    thumb_width: int = 320
+    records: list[CropRecord] = field(default_factory=list)
+    top: list[tuple[CropRecord, np.ndarray, np.ndarray]] = field(default_factory=list)  # (record, crop, frame)
+
+    def offer(self, record: CropRecord, crop: np.ndarray, decoded) -> None:
+        if len(self.top) >= self.keep and record.prob <= self.top[-1][0].prob:
+            return
+        w, h = decoded.frame.width, decoded.frame.height
+        tw = min(self.thumb_width, w)
+        th = max(2, round(h * tw / w))
+        self.top.append((record, crop.copy(), decoded.rgb(tw - tw % 2, th - th % 2)))
+        self.top.sort(key=lambda t: -t[0].prob)
+        del self.top[self.keep :]
+
+
+def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: ScanDetail | None = None, *,
+              full_scores: bool = False) -> dict:
+    """Verdict fields for one file (as in a ``verdict`` alert), with scores at ``alerts.scores``
+    (``full_scores``: as computed, for the operator who holds the model). Raises BadVideo if unreadable.
+
+    With ``detail``, also fills in its per-crop records and top crops (for ``forensics report``)."""
     path = Path(path)
     ing = settings.ingest
     cropper = build_cropper(settings.faces, model.size)
@@ -33,6 +60,8 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
         for i, (df, crop) in enumerate(pending):
             records.append(CropRecord(df.index, df.pts, crop.track, float(scores.fake_prob[i]),
                                       float(scores.anomaly[i]), bool(scores.anomalous[i]), crop.box))  # fmt: skip
+            if detail is not None:
+                detail.offer(records[-1], crop.image, df)
         pending.clear()
 
     sampler = FrameSampler(ing.sample, every_nth=ing.every_nth, fps=ing.fps)
@@ -41,8 +70,11 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel) -> dict:
         if len(pending) >= settings.detect.max_batch:
             flush()
     flush()
+    if detail is not None:
+        detail.records = records
     eof = {"file": path.name, "frames_decoded": stats.get("decoded", 0), "frames_sampled": stats.get("sampled", 0)}
     verdict = file_verdict(records, threshold=model.video_threshold, eof=eof, track_anomaly_threshold=model.track_threshold)
     verdict["model"] = model.info
     verdict["trained_on"] = model.trained_on
-    return verdict
+    pol = settings.alerts
+    return disclose(verdict, "full" if full_scores else pol.scores, pol.score_decimals)

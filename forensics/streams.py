@@ -126,6 +126,14 @@ class Keys:
         """Hash: the crops kept with an analyst's label, for retraining (the labels hash's slot)."""
         return f"{self.prefix}:labels:crops:{alert_id}"
 
+    def evidence_times(self, source: str) -> str:
+        """Sorted set: when each of a source's evidence crops was kept (Unix s), for ``forensics purge --before``."""
+        return self._per_source("crops-at", source)
+
+    def per_source_pattern(self, what: str) -> str:
+        """SCAN pattern of one kind of per-source key ("crops-at", "win", ...) of every source."""
+        return f"{self.name}:{{*}}:{what}:*" if self.tagged else f"{self.prefix}:{what}:*"
+
     def aggregate(self, source: str) -> str:
         """Hash: a file source's per-batch scores until its verdict."""
         return self._per_source("agg", source)

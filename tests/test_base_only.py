@@ -98,6 +98,13 @@ def test_scan_and_ingest_run_on_the_base_install(base_venv, trained, tmp_path, r
     assert proc.returncode == 0, proc.stderr
     verdict = json.loads(proc.stdout)
     assert verdict["label"] in ("REAL", "FAKE") and verdict["faces_scored"] > 0
+    # A case report needs no trainer either (issue 21): the timeline is an SVG, saliency is left out.
+    proc = _run(base_venv, ["report", str(clip), "--out", str(tmp_path / "case.html")], tmp_path,
+                _env(FORENSICS_MODELS_DIR=models))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "case.html").read_text()
+    assert f'<div class="label">{verdict["label"]}</div>' in page and "<polyline" in page
+    assert "Saliency maps need the trainer extra" in page
 
     watch = tmp_path / "watch"
     watch.mkdir()

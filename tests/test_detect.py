@@ -49,6 +49,7 @@ def dsettings(tmp_path, redis_url, prefix, trained):
         ingest={"watch_dir": tmp_path / "watch", "stable_seconds": 0.1, "poll_interval": 0.05, "frame_size": 64,
                 "sample": "fps", "fps": 5.0, "batch_size": 4},
         detect={"claim_idle_ms": 500, "max_deliveries": 2, "block_ms": 100},
+        alerts={"scores": "full"},  # these tests compare published scores with thresholds and torch (parity)
     )  # fmt: skip
 
 

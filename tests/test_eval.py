@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -210,3 +211,37 @@ def test_grad_cam_and_input_gradients_are_nonzero_maps_over_the_crop(parts):
     x = torch.from_numpy(parts["test"].images[:4]).permute(0, 3, 1, 2).float() / 255
     cam = grad_cam(parts["model"], x)
     assert cam.shape == (4, size, size) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+
+
+def _significant_digits(number: str) -> int:
+    """Significant digits of a printed number: "0.0157" -> 3, "12.30" -> 4, "1200" -> 2."""
+    mantissa = re.split(r"[eE]", number.lstrip("+-"))[0]
+    digits = mantissa.replace(".", "").lstrip("0")
+    return len(digits) if "." in mantissa else len(digits.rstrip("0"))
+
+
+def test_robustness_report_reads_like_a_report(result):
+    from pathlib import Path
+
+    from forensics.robustness import pct
+
+    page = Path(result["report"]).read_text()
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"src='data:[^']*'", "", page))  # what a reader sees
+    numbers = re.findall(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\w)(?!\.\d)", text)
+    assert len(numbers) > 100
+    too_long = [n for n in numbers if _significant_digits(n) > 4]
+    assert too_long == []
+    # metrics.json keeps full precision.
+    metrics = json.loads((Path(result["report"]).parent / "metrics.json").read_text())
+    assert metrics["attacks"]["pgd@4/255"]["success_rate"] == result["attacks"]["pgd@4/255"]["success_rate"]
+    # Summary box with targets, sanity checks as check/expected/measured/verdict, capitalised sections.
+    assert "<b>Summary</b>" in page and "Clean video AUC" in page and "≤\u00a015.0%" in page
+    assert "<tr><th>check</th><th>expected</th><th>measured</th><th>verdict</th></tr>" in page
+    sections = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert len(sections) >= 10 and all(s[0].isupper() for s in sections)
+    assert page.count("class='follows'") >= 6
+    # The attack table's detection columns are the shipped defence's (not the pooled scorer's).
+    row = result["attacks"]["pgd@4/255"]
+    assert "defence" in row and "shipped second line of defence (defence.npz)" in page
+    cells = re.search(r"<tr><td>pgd@4/255</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", cells)[3] == pct(row["defence"]["detection_rate"])

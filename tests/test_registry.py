@@ -7,29 +7,15 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from forensics.errors import ModelError
 from forensics.registry import Registry
 from forensics.runtime import OnnxDiscriminator
-from forensics.scoring import fit_mahalanobis
-from trainer.export import export_discriminator
-from trainer.models import build_discriminator
+from tests.versions import write_version
 
 
 def _version(reg: Registry, seed: int = 0) -> str:
-    torch.manual_seed(seed)
-    d = build_discriminator(16)
-    version, vdir = reg.new_version()
-    x = torch.rand(6, 3, 16, 16)
-    export_discriminator(d, vdir / "model.onnx", x)
-    with torch.no_grad():
-        _, feats = d(torch.rand(64, 3, 16, 16))
-    fit_mahalanobis([f.double().numpy() for f in feats], np.arange(64) % 2).save(vdir / "scorer.npz")
-    (vdir / "report").mkdir()
-    (vdir / "report" / "metrics.json").write_text("{}")
-    reg.write_manifest(version, {"input_size": 16, "metrics": {"clean_video_auc": 0.5}, "thresholds": {}})
-    return version
+    return write_version(reg, seed)
 
 
 @pytest.fixture(scope="module")

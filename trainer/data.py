@@ -507,6 +507,17 @@ def as_float_tensor(images: np.ndarray):
 # ---- a training recipe's splits (TrainConfig as recorded in a version's report/metrics.json) ----
 
 
+def version_recipe(artifact) -> tuple[dict, dict]:
+    """(``report/metrics.json``, its training config with ``image_size`` filled in) of a registered version."""
+    import json
+
+    path = artifact.path / "report" / "metrics.json"
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    config = meta.get("config", {})
+    config.setdefault("image_size", artifact.input_size)
+    return meta, config
+
+
 def recipe_cache(cache_dir: str | Path, config: dict) -> CropCache:
     """The crop cache a recipe trained from (same cached size and frames per video), loading at its input size."""
     size = int(config.get("image_size", 64))

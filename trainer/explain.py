@@ -7,14 +7,17 @@ weights (:mod:`trainer.saliency`).
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 
 from forensics.alerts import decode_crop_png, evidence_png, find_alert
 from forensics.errors import ConfigError
-from forensics.registry import Registry
+from forensics.registry import Artifact, Registry
 from forensics.streams import Keys
 from trainer.models import load_discriminator
 from trainer.saliency import explain_crop, saliency_figure
@@ -54,3 +57,19 @@ def explain_alert(r: redis.Redis, keys: Keys, reg: Registry, alert_id: str, *, m
         "fake_prob_torch": ex["fake_prob"], "regions_input_gradient": ex["regions_input_gradient"],
         "regions_grad_cam": ex["regions_grad_cam"], "figure": str(out),
     }  # fmt: skip
+
+
+def crop_explainer(art: Artifact, *, margin: float) -> Callable[[np.ndarray], bytes] | None:
+    """For case reports: uint8 [S,S,3] RGB crop -> PNG bytes of its saliency figure, with the
+    version's torch weights; None when the version has none."""
+    if not (art.path / "discriminator.pt").exists():
+        return None
+    model = load_discriminator(art.path / "discriminator.pt")
+
+    def explain(crop: np.ndarray) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="forensics-saliency-") as tmp:
+            path = Path(tmp) / "saliency.png"
+            saliency_figure(crop, explain_crop(model, crop, margin=margin), path, title=f"model {art.version}")
+            return path.read_bytes()
+
+    return explain

@@ -19,23 +19,31 @@ def eps_label(eps: float) -> str:
 
 
 def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{name, passed, numbers, note}] computed from the attack rows of ``result``."""
+    """[{name, passed, numbers, note, expected, unit}] computed from the attack rows of ``result``.
+
+    ``expected`` says in words what a sound evaluation shows; ``unit`` says how ``numbers`` read:
+    "rate" (shares in [0, 1]) or "linf" (L-inf distances in [0, 1] pixel units).
+    """
     rows = result["attacks"]
     n = max(1, result["attacked_fakes"])
     tol = max(0.02, 1.0 / n)  # one example of slack, at least 2 points
+    slack = f"{100 * tol:.1f} points"
     checks: list[dict[str, Any]] = []
 
-    def add(name, passed, numbers, note=""):
-        checks.append({"name": name, "passed": bool(passed), "numbers": numbers, "note": note})
+    def add(name, passed, numbers, note="", *, expected="", unit="rate"):
+        checks.append({"name": name, "passed": bool(passed), "numbers": numbers, "note": note,
+                       "expected": expected, "unit": unit})  # fmt: skip
 
     if not rows:
-        add("attacks ran", False, {"attacked": 0}, "no correctly detected fake in the test split")
+        add("attacks ran", False, {"attacked": 0}, "no correctly detected fake in the test split",
+            expected="at least one correctly detected test fake to attack")  # fmt: skip
         return checks
     for fam in ("fgsm", "pgd"):
         curve = [(r["eps"], r["success_rate"]) for r in rows.values() if r["family"] == fam]
         curve.sort()
         ok = all(b[1] >= a[1] - tol for a, b in itertools.pairwise(curve))
-        add(f"{fam} success rises with eps", ok, {eps_label(e): s for e, s in curve}, f"tolerance {tol:.3f}")
+        add(f"{fam} success rises with eps", ok, {eps_label(e): s for e, s in curve}, f"tolerance {tol:.3f}",
+            expected=f"success never falls as the budget grows (slack {slack})")  # fmt: skip
     base = rows.get("pgd@4/255", {}).get("success_rate", float("nan"))
     for key in [k for k in rows if rows[k]["family"] in ("pgd_steps", "pgd_restarts")]:
         v = rows[key]["success_rate"]
@@ -44,6 +52,7 @@ def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
             v >= base - tol,
             {key: v, "pgd@4/255": base},
             f"tolerance {tol:.3f}",
+            expected=f"more steps or restarts never lower success (slack {slack})",
         )
     ub = rows.get("pgd@unbounded", {}).get("success_rate", float("nan"))
     add(
@@ -53,6 +62,7 @@ def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         ""
         if ub >= UNBOUNDED_MIN
         else "an unbounded attack must always win: gradients are masked or the attack is broken",
+        expected=f"an unbounded attack wins on at least {100 * UNBOUNDED_MIN:.0f}% of fakes",
     )
     fg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "fgsm"}
     pg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "pgd"}
@@ -62,27 +72,33 @@ def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         ok,
         {eps_label(e): {"fgsm": fg[e], "pgd": pg.get(e)} for e in fg},
         f"tolerance {tol:.3f}",
+        expected=f"one-step FGSM never beats iterated PGD (slack {slack})",
     )
     bb = result.get("blackbox", {})
     bbs, wbs = bb.get("success_rate", float("nan")), bb.get("white_box_pgd_same_images", float("nan"))
     if bb.get("images"):
         add("black-box <= white-box (8/255, same images)", bbs <= wbs + tol, {"blackbox": bbs, "white_box_pgd": wbs},
-            "a black-box attack beating white-box PGD means gradients are masked")  # fmt: skip
+            "a black-box attack beating white-box PGD means gradients are masked",
+            expected="a query-only attack never beats white-box PGD on the same images")  # fmt: skip
     adaptive = rows.get("adaptive@8/255", {}).get("fooled_and_undetected")
     plain = rows.get("pgd@8/255", {}).get("fooled_and_undetected")
     if adaptive is not None and plain is not None:
         add("adaptive >= plain PGD on the whole defence (8/255)", adaptive >= plain - tol,
-            {"adaptive": adaptive, "pgd": plain}, f"tolerance {tol:.3f}")  # fmt: skip
+            {"adaptive": adaptive, "pgd": plain}, f"tolerance {tol:.3f}",
+            expected="an attack that also targets the pooled scorer gets at least as many fakes through it "
+                     f"unflagged as plain PGD (slack {slack})")  # fmt: skip
     zg = result.get("zero_gradient_share", float("nan"))
     add(
         "share of zero input gradients ~0",
         zg <= ZERO_GRAD_MAX,
         {"zero_gradient_share": zg},
         f"at most {ZERO_GRAD_MAX}",
+        expected=f"at most {100 * ZERO_GRAD_MAX:.0f}% of inputs have an exactly zero gradient",
     )
     norm_ok = all(
         r["in_range"] and (r["eps"] is None or r["linf_max"] <= r["eps"] + 1e-6) for r in rows.values()
     )
     add("every attack stays in [0,1] and its L-inf ball", norm_ok,
-        {k: r["linf_max"] for k, r in rows.items() if r["eps"] is not None})  # fmt: skip
+        {k: r["linf_max"] for k, r in rows.items() if r["eps"] is not None},
+        expected="pixels stay in [0, 1] and each perturbation within its budget", unit="linf")  # fmt: skip
     return checks

@@ -26,6 +26,7 @@ import redis
 
 from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.config import Settings
+from forensics.disclosure import RESULT_FIELDS, disclose
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
@@ -63,7 +64,7 @@ class DetectWorker:
         self.keys = Keys.for_settings(settings)
         self.consumer = consumer or self.cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.registry = Registry(settings.models_dir)
-        self.alerts = AlertWriter(r, self.keys)
+        self.alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.log = get_logger(consumer=self.consumer)
         self.model: LoadedModel | None = None
         self._refused: set[str] = set()
@@ -262,9 +263,11 @@ class DetectWorker:
             "source": b.source, "seq": b.seq, "source_kind": b.source_kind,
             "model": self.model.info,
             "crops": [r.to_json() for r in records],
-            "fields": ["frame", "pts", "track", "fake_prob", "mahalanobis", "anomalous", "box"],
+            "fields": list(RESULT_FIELDS),
             "wall": b.wall[0] if b.wall else None, "scored_at": time.time(),
         }  # fmt: skip
+        pol = self.settings.alerts
+        event = disclose(event, pol.scores, pol.score_decimals, frame_threshold=self.model.frame_threshold)
         self.r.xadd(self.keys.results, {"event": json.dumps(event, separators=(",", ":"))},
                     maxlen=_RESULTS_MAXLEN, approximate=True)  # fmt: skip
 
@@ -278,13 +281,16 @@ class DetectWorker:
             return
         picks = {max(range(len(records)), key=lambda i: records[i].prob),
                  max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
-        key = self.keys.evidence(b.source)
+        key, times = self.keys.evidence(b.source), self.keys.evidence_times(b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
             png = encode_crop_png(b.images[i])
             if png is not None:
-                pipe.hset(key, evidence_field(records[i].frame, records[i].track), png)
+                field = evidence_field(records[i].frame, records[i].track)
+                pipe.hset(key, field, png)
+                pipe.zadd(times, {field: b.wall[i] if b.wall else time.time()})
         pipe.expire(key, self.cfg.evidence_ttl_s)
+        pipe.expire(times, self.cfg.evidence_ttl_s)
         pipe.execute()
 
     def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:

@@ -1,7 +1,7 @@
 """The ``forensics`` command: the top of the house, the one package that imports ``workers`` and
 ``trainer``. One module per group of verbs (:mod:`.daemon`, :mod:`.models`, :mod:`.training`,
-:mod:`.demo`); each subcommand is a small function, and heavy imports happen inside it, so
-``forensics --help`` and the workers never import torch.
+:mod:`.reports`, :mod:`.demo`, :mod:`.privacy`, :mod:`.web`); each subcommand is a small function, and
+heavy imports happen inside it, so ``forensics --help`` and the workers never import torch.
 
 User errors (ForensicsError) end in one line on stderr and exit status 2; so does a training verb
 run without the ``train`` extra. Programming errors keep their traceback.
@@ -14,7 +14,7 @@ import importlib.util
 import sys
 
 from forensics import __version__
-from forensics.cli import daemon, demo, models, training
+from forensics.cli import daemon, demo, models, privacy, reports, training, web
 from forensics.cli.models import format_alert
 from forensics.config import load_settings
 from forensics.errors import ForensicsError
@@ -23,7 +23,7 @@ from forensics.logs import configure_logging
 __all__ = ["build_parser", "format_alert", "main"]
 
 # Import names of the ``train`` extra's packages (pyproject.toml).
-TRAIN_EXTRA = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib", "skimage", "sklearn", "tqdm")
+TRAIN_EXTRA = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib", "skimage", "sklearn", "tqdm", "opacus")
 
 
 def _needs_train_extra(command: str, missing: str) -> int:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (daemon, models, demo, training):
+    for group in (daemon, web, models, reports, demo, training, privacy):
         group.add_parsers(sub)
     return p
 

@@ -112,7 +112,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     status = 0
     for path in args.files:
         try:
-            verdict = scan_file(path, settings, model)
+            verdict = scan_file(path, settings, model, full_scores=args.full_scores)
         except BadVideo as err:
             print(f"forensics: error: {err}", file=sys.stderr)
             status = 1
@@ -139,6 +139,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if settings.ingest.watch_dir is not None or settings.sources or args.watch:
         roles.append(("ingest", ["ingest"] + (["--watch", str(args.watch)] if args.watch else [])))
     roles += [(f"detect-{i}", ["detect"]) for i in range(args.detect_workers)]
+    if not args.no_web:
+        from forensics.web.access import check_bind
+
+        check_bind(settings.web)  # one line now, not a role that keeps failing
+        roles.append(("web", ["web"]))
     sup = Supervisor(settings, roles, config=args.config, max_restarts=args.max_restarts)
     url = sup.start()
     print(f"forensics up: {', '.join(n for n, _ in roles)} on {url}", flush=True)
@@ -165,11 +170,14 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("scan", help="one-shot verdicts for video files, in this process, without Redis")
     s.add_argument("files", nargs="+", type=Path)
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--full-scores", action="store_true",
+                   help="scores at full precision whatever alerts.scores says (the operator holds the model anyway)")
     s.add_argument("--model", help="model version (default: current)")
     s.set_defaults(func=cmd_scan, role="scan")
 
-    s = sub.add_parser("up", help="run ingest and detect (and an embedded Redis) as supervised local processes")
+    s = sub.add_parser("up", help="run ingest, detect and the console (and an embedded Redis) as supervised local processes")
     s.add_argument("--watch", type=Path, metavar="DIR", help="folder to watch (default: ingest.watch_dir)")
     s.add_argument("--detect-workers", type=int, default=1)
     s.add_argument("--max-restarts", type=int, default=5, help="per role within a minute, then give up")
+    s.add_argument("--no-web", action="store_true", help="do not start the console (forensics web)")
     s.set_defaults(func=cmd_up, role="supervisor")

@@ -4,7 +4,9 @@
 2. train, calibrate, export and register a small model (input 64) unless one exists;
 3. start the daemon (embedded Redis, one ingest and one detect process, supervised);
 4. drop sample REAL and FAKE videos (never seen in training) into the watch folder;
-5. print each file's verdict as its alert arrives, then stop everything.
+5. print each file's verdict as its alert arrives;
+6. print the console's URL (``forensics web``, started with the daemon) and, on a terminal, keep
+   everything running until Ctrl-C so the verdicts can be looked at and labelled there.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,11 +27,14 @@ from forensics.redisconn import connect_settings
 from forensics.registry import Registry
 from forensics.streams import Keys
 from forensics.supervisor import Supervisor
+from forensics.web.server import console_url, free_console_port, wait_for_console
 from trainer.recipe import TrainConfig
 
 
 def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = TrainConfig.gan_epochs,
-             adv_epochs: int = TrainConfig.adv_epochs, timeout_s: float = 300.0, config: str | None = None) -> int:  # fmt: skip
+             adv_epochs: int = TrainConfig.adv_epochs, timeout_s: float = 300.0, config: str | None = None,
+             serve: bool | None = None) -> int:  # fmt: skip
+    """Run the demo; ``serve``: keep the daemon and console up after the verdicts (default: on a terminal)."""
     log = get_logger()
     root = Path(settings.state_dir)
     data = root / "dataset"
@@ -57,14 +63,29 @@ def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epo
     watch = root / "watch"
     settings.ingest.watch_dir = watch
     watch.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor(settings, [("ingest", ["ingest", "--watch", str(watch)]), ("detect", ["detect"])],
+    web_port = free_console_port(settings.web.host, settings.web.port)
+    sup = Supervisor(settings, [("ingest", ["ingest", "--watch", str(watch)]), ("detect", ["detect"]),
+                                ("web", ["web", "--port", str(web_port)])],
                      config=config, log_dir=root / "logs")  # fmt: skip
     url = sup.start()
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_quietly, args=(sup, stop), daemon=True)
     watcher.start()
     try:
-        return _drop_and_wait(settings, url, watch, samples, timeout_s)
+        status = _drop_and_wait(settings, url, watch, samples, timeout_s)
+        console = console_url(settings.web.host, web_port)
+        if not wait_for_console(console):
+            print(f"[demo] the console did not start: see {root / 'logs' / 'web.log'}", flush=True)
+            return 1
+        print(f"[demo] console: {console}  (the verdicts above are on its Live alerts page)", flush=True)
+        if serve if serve is not None else sys.stdout.isatty():
+            print("[demo] press Ctrl-C to stop the demo", flush=True)
+            try:
+                while watcher.is_alive():
+                    watcher.join(1.0)
+            except KeyboardInterrupt:
+                pass
+        return status
     finally:
         stop.set()
         watcher.join(30)
@@ -112,11 +133,13 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config)
+    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config, serve=args.serve)
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
     s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
     s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
+    s.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the daemon and console running after the verdicts (default: on a terminal)")
     s.set_defaults(func=cmd_demo, role="demo", needs_train=True)

@@ -21,7 +21,9 @@ def format_alert(event: dict) -> str:
         return (f"[verdict] {event.get('file') or src}: {event.get('label')}  score={score} "
                 f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}{flag}")  # fmt: skip
     if kind == "deepfake":
-        return f"[deepfake] {src}: window score {event.get('score', 0):.3f} > {event.get('threshold', 0):.3f}"
+        score = event.get("score")  # null when published under alerts.scores = label
+        score = "over" if score is None else f"{score:.3f} >"
+        return f"[deepfake] {src}: window score {score} {event.get('threshold', 0):.3f}"
     if kind == "anomaly":
         return f"[anomaly] {src}: anomaly rate {event.get('anomaly_rate', 0):.2f}"
     if kind == "source":

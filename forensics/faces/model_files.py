@@ -9,7 +9,9 @@ run by LiteRT (``ai-edge-litert``). Nothing is downloaded at run time.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -50,10 +52,33 @@ def litert_interpreter(path: Path, threads: int = 1):
     except ImportError:
         raise ModelError("the LiteRT runtime is not installed: pip install ai-edge-litert") from None
     try:
-        interp = Interpreter(model_path=str(path), num_threads=threads)
-        interp.allocate_tensors()
+        with _native_stderr_silenced():
+            interp = Interpreter(model_path=str(path), num_threads=threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise ModelError(
             f"face model {path} cannot be loaded by LiteRT: {str(err).splitlines()[0]}"
         ) from None
     return interp
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the duration.
+
+    LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate" straight to fd 2
+    on every model load, and its Python API has no switch for it; that stray line would break the
+    promise that a user error is one line on stderr. Only model loading (at start-up) runs inside.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

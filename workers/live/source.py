@@ -51,7 +51,7 @@ class LiveSource(RtspDecoder, SampleSender, SourceWatch):
         self.r = r
         self.keys = Keys.for_settings(settings)
         self.key = self.keys.source(cfg.id)
-        self.alerts = alerts or AlertWriter(r, self.keys)
+        self.alerts = alerts or AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.url_shown = redact(cfg.url)
         self.log = get_logger(source=cfg.id)
         self.cropper = cropper or build_cropper(settings.faces, resolve_frame_size(settings))

@@ -30,7 +30,7 @@ class LiveSupervisor:
         self.keys = Keys.for_settings(settings)
         self.log = get_logger()
         self._wake = threading.Event()
-        alerts = AlertWriter(r, self.keys)
+        alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         cfgs = settings.sources if sources is None else sources
         self.sources = [LiveSource(c, settings, r, alerts=alerts, wake=self._wake) for c in cfgs]
         self.registry = CollectorRegistry()

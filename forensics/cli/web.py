@@ -1,0 +1,20 @@
+"""``forensics web``: the console (its body lives in :mod:`forensics.web`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from forensics.config import Settings
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.web.server import print_password_hash, run_web
+
+    return print_password_hash() if args.hash_password else run_web(settings, config=args.config, port=args.port)
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("web", help="the console: sources, live alerts with faces, verdict timelines, labels, models")
+    s.add_argument("--hash-password", action="store_true", help="print the argon2 hash of a password read from stdin")
+    s.add_argument("--port", type=int, help="TCP port (default: web.port)")
+    s.set_defaults(func=cmd_web, role="web")

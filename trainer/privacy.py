@@ -1,0 +1,479 @@
+"""What the served scores leak about training faces: membership inference and model inversion.
+
+``forensics privacy --model V --data DIR`` measures, on a registered version and its own splits
+(members = the version's train videos, non-members = its test videos, same distribution):
+
+- **Membership inference** (Shokri et al. 2017; Yeom et al. 2018; Carlini et al. 2022):
+  the loss-threshold attack (score = -cross-entropy of the true label) and a calibrated
+  per-example variant (Watson et al. 2022, offline difficulty calibration: target loss minus the
+  loss of ONE reference model trained on the version's validation split, population data that
+  is neither member nor non-member; shadow models per example (LiRA) are not affordable on 2
+  shared cores). AUC and TPR at 1% FPR, per crop and per video (mean over the video's crops),
+  each with the 99th percentile of the AUC under random member/non-member labels (a permutation
+  bound measured from the same data: AUCs below it are indistinguishable from chance), and each
+  at what ``alerts.scores`` publishes: full, rounded to 1..4 decimals, label only.
+- **Model inversion** (Fredrikson et al. 2015): white-box gradient ascent on the torch model
+  toward the REAL class (the class of training identities) from noise and from a mean face of
+  population (validation) crops, with a total-variation prior; black-box through ONNX Runtime
+  with only what an alert exposes (NES gradient estimates from the fake probability at the
+  published precision; label only: random search that keeps REAL-labelled images). Each
+  reconstruction's SSIM (scikit-image) to its nearest training REAL crop against its nearest
+  test REAL crop (equal numbers of crops, averaged over draws): an inversion that recovers
+  training faces comes closer to the former. No face-embedding distance: dlib's ResNet
+  (face_recognition_models) is not on PyPI (a git URL only) and the crops are synthetic.
+- **Verdict cost** of each setting: clean frame and video AUC on the test split from the
+  published value (label only: the hard decision).
+
+Writes ``privacy.json``, ``inversion.png`` and ``report.html`` to ``<version>/report/privacy/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from forensics.disclosure import round_prob
+from forensics.registry import Registry
+from trainer.data import CropSet, as_float_tensor, load_recipe_splits, version_recipe
+from trainer.membership import auc_tpr, loss_of, torch_prob
+from trainer.models import Discriminator, build_discriminator, load_discriminator
+
+DECIMALS = (1, 2, 3, 4)
+
+
+# ---- attack metrics ------------------------------------------------------------------------
+
+
+def null_auc_bound(
+    scores: np.ndarray, n_member: int, *, q: float = 0.99, perms: int = 2000, seed: int = 0
+) -> float:
+    """The ``q`` quantile of the attack AUC when members are drawn at random from the same scores:
+    the largest AUC chance alone gives at this sample size (a permutation bound; ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n, n0 = len(scores), len(scores) - n_member
+    if n_member == 0 or n0 == 0:
+        return float("nan")
+    pick = np.argsort(np.random.default_rng(seed).random((perms, n)), axis=1)[:, :n_member]
+    aucs = (ranks[pick].sum(1) - n_member * (n_member + 1) / 2) / (n_member * n0)
+    return float(np.quantile(aucs, q))
+
+
+def published(prob: np.ndarray, policy: str, threshold: float) -> np.ndarray:
+    """What ``alerts.scores`` lets out of a fake probability: 'full', 'rounded:N' or 'label'."""
+    if policy == "full":
+        return prob.astype(np.float64)
+    if policy == "label":
+        return (prob > threshold).astype(np.float64)
+    n = int(policy.split(":")[1])
+    return np.array([round_prob(float(p), n) for p in prob])
+
+
+def _per_video(values: np.ndarray, video: np.ndarray) -> np.ndarray:
+    return np.array([values[video == v].mean() for v in np.unique(video)])
+
+
+def membership(prob_m: np.ndarray, cs_m: CropSet, prob_n: np.ndarray, cs_n: CropSet, *, threshold: float,
+               video_threshold: float, ref_m: np.ndarray | None = None, ref_n: np.ndarray | None = None,
+               seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Attack AUC / TPR@1%FPR for every published form of the score, per crop and per video.
+
+    ``prob_*``: the target's fake probability of member / non-member crops; ``ref_*``: a reference
+    model's (for the calibrated attack). Under 'label' the attack sees whether the decision was right.
+    """
+    out: dict[str, Any] = {}
+    policies = ["full", *(f"rounded:{d}" for d in DECIMALS), "label"]
+    for policy in policies:
+        row: dict[str, Any] = {}
+        for level, thr in (("crop", threshold), ("video", video_threshold)):
+            pm, pn = prob_m, prob_n
+            ym, yn = cs_m.labels.astype(np.float64), cs_n.labels.astype(np.float64)
+            if level == "video":  # the verdict publishes the mean over a video's crops
+                pm, pn = _per_video(prob_m, cs_m.video), _per_video(prob_n, cs_n.video)
+                ym, yn = _per_video(ym, cs_m.video), _per_video(yn, cs_n.video)
+            sm, sn = -loss_of(published(pm, policy, thr), ym), -loss_of(published(pn, policy, thr), yn)
+            auc, tpr = auc_tpr(sm, sn)
+            row[level] = {"auc": auc, "tpr_at_1fpr": tpr, "members": len(sm), "non_members": len(sn),
+                          "null_auc_99": null_auc_bound(np.r_[sm, sn], len(sm), seed=seed)}  # fmt: skip
+            if ref_m is not None and ref_n is not None and policy == "full":
+                rm, rn = ref_m, ref_n
+                if level == "video":
+                    rm, rn = _per_video(ref_m, cs_m.video), _per_video(ref_n, cs_n.video)
+                cm, cn = sm + loss_of(rm, ym), sn + loss_of(rn, yn)  # -(target loss - reference loss)
+                auc, tpr = auc_tpr(cm, cn)
+                row[f"{level}_calibrated"] = {"auc": auc, "tpr_at_1fpr": tpr,
+                                              "null_auc_99": null_auc_bound(np.r_[cm, cn], len(cm), seed=seed)}  # fmt: skip
+        out[policy] = row
+    return out
+
+
+def verdict_cost(
+    prob: np.ndarray, cs: CropSet, *, threshold: float, video_threshold: float
+) -> dict[str, Any]:
+    """Clean frame and video AUC on ``cs`` (the test split) from each published form of the score."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    vy = _per_video(cs.labels.astype(np.float64), cs.video)
+    vp = _per_video(prob, cs.video)
+    for policy in ["full", *(f"rounded:{d}" for d in DECIMALS), "label"]:
+        out[policy] = {
+            "frame_auc": float(roc_auc_score(cs.labels, published(prob, policy, threshold))),
+            "video_auc": float(roc_auc_score(vy, published(vp, policy, video_threshold))),
+        }
+    for policy, row in out.items():
+        row["frame_auc_cost"] = out["full"]["frame_auc"] - row["frame_auc"]
+        row["video_auc_cost"] = out["full"]["video_auc"] - row["video_auc"]
+    return out
+
+
+# ---- reference model (calibrated attack) ---------------------------------------------------
+
+
+def train_reference(
+    cs: CropSet, size: int, *, epochs: int = 8, seed: int = 0, lr: float = 1e-3
+) -> Discriminator:
+    """A discriminator of the target's architecture trained (plain cross-entropy, flips) on ``cs``."""
+    torch.manual_seed(seed)
+    d = build_discriminator(size).train()
+    x, y = as_float_tensor(cs.images), torch.as_tensor(cs.labels, dtype=torch.float32)
+    opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            xb = x[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            loss = F.binary_cross_entropy_with_logits(d.logits_only(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return d.eval()
+
+
+# ---- model inversion -----------------------------------------------------------------------
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels, per image: float [N] for x [N,3,S,S]."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3)) + (x[..., 1:] - x[..., :-1]).abs().mean(
+        dim=(1, 2, 3)
+    )
+
+
+def invert_whitebox(d: Discriminator, start: torch.Tensor, *, steps: int = 200, lr: float = 0.05,
+                    tv: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """Gradient descent on -log P(REAL) (REAL: the training identities' class) plus a TV prior, in
+    logit space so pixels stay in [0,1]. start/return float32 [N,3,S,S] in [0,1]."""
+    z = torch.logit(start.clamp(0.02, 0.98)).clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for p in d.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        x = torch.sigmoid(z)
+        loss = F.softplus(d.logits_only(x)).sum() + tv * total_variation(x).sum() * x.shape[-1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return torch.sigmoid(z).detach()
+
+
+def invert_blackbox(query: Callable[[np.ndarray], np.ndarray], start: np.ndarray, *, budget: int = 1500,
+                    samples: int = 10, sigma: float = 0.05, lr: float = 0.5, tv: float = 0.3,
+                    label_only: bool = False, seed: int = 0) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Black-box inversion from what the daemon publishes. ``query``: float32 [N,3,S,S] in [0,1] ->
+    published fake probability [N] (or 0/1 label). NES with antithetic Gaussian samples in logit
+    space (the TV prior's gradient is the attacker's own, free); with ``label_only`` a random
+    search that accepts a step when the published label stays REAL and the prior improves.
+    Returns (reconstruction float32 [3,S,S], queries used)."""
+    rng = np.random.default_rng(seed)
+    z = np.log(np.clip(start, 0.02, 0.98) / (1 - np.clip(start, 0.02, 0.98))).astype(np.float32)
+    used = 0
+
+    def tv_grad(zz: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.tensor(zz[None], requires_grad=True)
+        val = total_variation(torch.sigmoid(t)).sum() * zz.shape[-1]
+        val.backward()
+        return float(val), t.grad[0].numpy()
+
+    def sig(a: np.ndarray) -> np.ndarray:
+        return (1 / (1 + np.exp(-a))).astype(np.float32)
+
+    if label_only:
+        cur_label = float(query(sig(z)[None])[0])
+        used += 1
+        cur_tv, _ = tv_grad(z)
+        while used < budget:
+            cand = z + sigma * 4 * rng.standard_normal(z.shape).astype(np.float32)
+            lab = float(query(sig(cand)[None])[0])
+            used += 1
+            cand_tv, _ = tv_grad(cand)
+            if (lab <= cur_label) and (lab < cur_label or cand_tv < cur_tv):
+                z, cur_label, cur_tv = cand, lab, cand_tv
+        return sig(z), used
+    while used + 2 * samples <= budget:
+        u = rng.standard_normal((samples, *z.shape)).astype(np.float32)
+        batch = np.concatenate([z + sigma * u, z - sigma * u])
+        f = query(sig(batch))
+        used += len(batch)
+        g = ((f[:samples] - f[samples:])[:, None, None, None] * u).mean(0) / (2 * sigma)
+        _, gtv = tv_grad(z)
+        step = g + tv * gtv
+        z = z - lr * step / (np.abs(step).mean() + 1e-12) * 0.05
+    return sig(z), used
+
+
+def nearest_ssim(recon: np.ndarray, pool: np.ndarray) -> float:
+    """Highest SSIM of one reconstruction (float [3,S,S] in [0,1]) to any crop in ``pool`` (uint8 [K,S,S,3])."""
+    from skimage.metrics import structural_similarity
+
+    img = np.transpose(recon, (1, 2, 0)).astype(np.float64)
+    return max(
+        structural_similarity(img, p.astype(np.float64) / 255.0, channel_axis=2, data_range=1.0) for p in pool
+    )
+
+
+def _pool(cs: CropSet, n_videos: int, per_video: int, rng: np.random.Generator) -> np.ndarray:
+    """REAL crops of ``n_videos`` random REAL videos of ``cs``, ``per_video`` crops each: uint8 [K,S,S,3]."""
+    vids = np.unique(cs.video[cs.labels == 0])
+    out = []
+    for v in rng.permutation(vids)[:n_videos]:
+        idx = np.flatnonzero(cs.video == v)
+        out.append(cs.images[rng.permutation(idx)[:per_video]])
+    return np.concatenate(out)
+
+
+def similarity(recons: np.ndarray, train: CropSet, test: CropSet, *, draws: int = 5, per_video: int = 4,
+               seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Nearest-crop SSIM of reconstructions to training vs test REAL crops, from pools of equal size and
+    diversity (as many REAL videos from each split, ``per_video`` crops each), averaged over ``draws``."""
+    rng = np.random.default_rng(seed)
+    n_vid = min(len(np.unique(train.video[train.labels == 0])), len(np.unique(test.video[test.labels == 0])))
+    s_train = np.zeros(len(recons))
+    s_test = np.zeros(len(recons))
+    for _ in range(draws):
+        tr, te = _pool(train, n_vid, per_video, rng), _pool(test, n_vid, per_video, rng)
+        s_train += [nearest_ssim(r, tr) for r in recons]
+        s_test += [nearest_ssim(r, te) for r in recons]
+    s_train, s_test = s_train / draws, s_test / draws
+    return {"ssim_train": float(s_train.mean()), "ssim_test": float(s_test.mean()),
+            "train_minus_test": float((s_train - s_test).mean()),
+            "closer_to_train_share": float(np.mean(s_train > s_test)), "pool_videos": n_vid,
+            "reconstructions": len(recons)}  # fmt: skip
+
+
+# ---- one version ---------------------------------------------------------------------------
+
+
+def run_privacy(models_dir, version: str, data_dirs, *, cache_dir: str | None = None, quick: bool = False,
+                seed: int = 0, out_dir: str | Path | None = None, dp: bool = False,
+                inversion_budget: tuple[int, int, int] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Membership inference, inversion and verdict cost for one registered version (see module doc);
+    with ``dp`` also the DP-SGD study (trainer/dp.py) on the version's train and test crops.
+    ``inversion_budget``: (reconstructions per start, white-box steps, black-box queries) instead of
+    the defaults (quick: 3, 80, 600; else 6, 200, 2000)."""
+    from forensics.runtime import OnnxDiscriminator
+
+    art = Registry(models_dir).load(version)
+    _meta, config = version_recipe(art)
+    splits = load_recipe_splits(data_dirs, config, cache_dir or config.get("cache_dir", ".forensics/crops"))
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    th = art.manifest["thresholds"]
+    thr, vthr = float(th["frame_prob"]), float(th["video_prob"])
+    onnx = OnnxDiscriminator(art.model_path, intra_op_threads=1)
+
+    def served_prob(images_u8: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [onnx.run(images_u8[i : i + 256]).fake_prob for i in range(0, len(images_u8), 256)]
+        )
+
+    p_train, p_test = served_prob(train.images), served_prob(test.images)
+    ref = train_reference(val, art.input_size, epochs=4 if quick else 8, seed=seed)
+    result: dict[str, Any] = {
+        "version": version, "data": [str(d) for d in data_dirs], "quick": quick, "seed": seed,
+        "adversarial_epochs": config.get("adv_epochs"), "train_eps": config.get("eps"),
+        "splits": {k: {"videos": len(np.unique(v.video)), "crops": len(v)} for k, v in splits.items()},
+        "thresholds": {"frame_prob": thr, "video_prob": vthr},
+        "reference_model": f"one, trained on the val split ({len(val)} crops, plain cross-entropy)",
+    }  # fmt: skip
+    result["membership"] = membership(p_train, train, p_test, test, threshold=thr, video_threshold=vthr,
+                                      ref_m=torch_prob(ref, train.images), ref_n=torch_prob(ref, test.images),
+                                      seed=seed)  # fmt: skip
+    result["verdict_cost"] = verdict_cost(p_test, test, threshold=thr, video_threshold=vthr)
+    budget = inversion_budget or ((3, 80, 600) if quick else (6, 200, 2000))
+    result["inversion"], figure = _inversion(art, onnx, train, val, test, thr=thr, budget=budget,
+                                             draws=2 if quick else 5, seed=seed)  # fmt: skip
+    if out_dir is not None:
+        _write(result, figure, Path(out_dir))
+    if dp:  # slow (per-sample gradients): the rest is on disk already
+        from trainer.dp import dp_study
+
+        result["dp"] = dp_study(train, test, art.input_size, epochs=4 if quick else 8, seed=seed)
+        if out_dir is not None:
+            _write(result, figure, Path(out_dir))
+    return result
+
+
+def _write(result: dict[str, Any], figure: dict[str, np.ndarray], out: Path) -> None:
+    """privacy.json, inversion.png and report.html in ``out``; sets result["figure"] and result["report"]."""
+    out.mkdir(parents=True, exist_ok=True)
+    _figure(figure, out / "inversion.png")
+    result["figure"] = "inversion.png"
+    result["report"] = str(out / "report.html")
+    (out / "privacy.json").write_text(json.dumps(result, indent=1))
+    (out / "report.html").write_text(privacy_html(result))
+
+
+def _inversion(art, onnx, train: CropSet, val: CropSet, test: CropSet, *, thr: float, budget: tuple[int, int, int],
+               draws: int, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+    torch.manual_seed(seed)
+    d = load_discriminator(art.path / "discriminator.pt")
+    n, steps, queries = budget
+    size = art.input_size
+    mean_face = as_float_tensor(val.images[val.labels == 0]).mean(0, keepdim=True)
+    noise = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 0.5 + 0.25
+    starts = {"noise": noise, "mean_face": (mean_face + 0.05 * torch.randn(n, 3, size, size)).clamp(0, 1)}
+    recons: dict[str, np.ndarray] = {}
+    for name, s in starts.items():
+        recons[f"whitebox_{name}"] = invert_whitebox(d, s, steps=steps).numpy()
+
+    def query(policy: str):
+        def q(x: np.ndarray) -> np.ndarray:
+            return published(onnx.run_float(x.astype(np.float32)).fake_prob, policy, thr)
+
+        return q
+
+    for policy in ("full", "rounded:2", "label"):
+        key = f"blackbox_{policy.replace(':', '')}"
+        outs = []
+        for i in range(n):
+            r, _used = invert_blackbox(query(policy), starts["mean_face"][i].numpy(), budget=queries,
+                                       label_only=policy == "label", seed=seed + i)  # fmt: skip
+            outs.append(r)
+        recons[key] = np.stack(outs)
+    out: dict[str, Any] = {"budget_queries": queries, "whitebox_steps": steps, "per_start": n}
+    recons["start_mean_face"] = starts["mean_face"].numpy()
+    for key, rec in recons.items():
+        p = onnx.run_float(rec.astype(np.float32)).fake_prob
+        out[key] = {**similarity(rec, train, test, draws=draws, seed=seed), "mean_fake_prob": float(p.mean())}
+    rng = np.random.default_rng(seed)
+    return out, {**recons, "_train": _pool(train, n, 1, rng), "_test": _pool(test, n, 1, rng)}
+
+
+def _figure(recons: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [k for k in recons if not k.startswith("_")]
+    n = max(len(v) for v in recons.values())
+    fig, axes = plt.subplots(len(rows) + 2, n, figsize=(1.3 * n, 1.4 * (len(rows) + 2)), squeeze=False)
+    for r, key in enumerate([*rows, "_train", "_test"]):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(recons[key]):
+                img = recons[key][c]
+                ax.imshow(img if img.dtype == np.uint8 else np.transpose(img, (1, 2, 0)).clip(0, 1))
+        axes[r][0].set_title({"_train": "training REAL crops", "_test": "test REAL crops"}.get(key, key),
+                             fontsize=7, loc="left")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- report section ------------------------------------------------------------------------
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def privacy_html(result: dict[str, Any]) -> str:
+    """The privacy section of a version's report (standalone HTML page)."""
+    from html import escape
+
+    m, cost, inv = result["membership"], result["verdict_cost"], result["inversion"]
+    rows = []
+    for policy, row in m.items():
+        c = cost.get(policy, {})
+        rows.append(
+            f"<tr><td>{escape(policy)}</td><td>{_f(row['crop']['auc'])}</td><td>{_f(row['crop']['tpr_at_1fpr'])}</td>"
+            f"<td>{_f(row['crop']['null_auc_99'])}</td><td>{_f(row['video']['auc'])}</td>"
+            f"<td>{_f(row['video']['tpr_at_1fpr'])}</td><td>{_f(row['video']['null_auc_99'])}</td>"
+            f"<td>{_f(c.get('frame_auc'))}</td><td>{_f(c.get('video_auc'))}</td></tr>"
+        )
+    cal = m["full"]
+    inv_rows = "".join(
+        f"<tr><td>{escape(k)}</td><td>{_f(v['ssim_train'])}</td><td>{_f(v['ssim_test'])}</td>"
+        f"<td>{_f(v['train_minus_test'])}</td><td>{_f(v['closer_to_train_share'])}</td><td>{_f(v.get('mean_fake_prob'))}</td></tr>"
+        for k, v in inv.items()
+        if isinstance(v, dict)
+    )
+    fig = f'<img src="{escape(result["figure"])}" alt="reconstructions">' if result.get("figure") else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Privacy: {escape(result["version"])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;text-align:right}}</style></head>
+<body><h2>Privacy: what the served scores leak ({escape(result["version"])})</h2>
+<p>Members: {result["splits"]["train"]["videos"]} train videos ({result["splits"]["train"]["crops"]} crops);
+non-members: {result["splits"]["test"]["videos"]} test videos ({result["splits"]["test"]["crops"]} crops).
+Loss-threshold attack on what <code>alerts.scores</code> publishes. <i>null 99%</i>: the AUC random
+membership labels reach 1% of the time on these scores; AUCs below it are chance.</p>
+<table><tr><th>published</th><th>crop AUC</th><th>TPR@1%FPR</th><th>null 99%</th><th>video AUC</th>
+<th>TPR@1%FPR</th><th>null 99%</th><th>verdict frame AUC</th><th>verdict video AUC</th></tr>{"".join(rows)}</table>
+<p>Calibrated attack ({escape(result["reference_model"])}), full precision: crop AUC
+{_f(cal["crop_calibrated"]["auc"])} (TPR@1%FPR {_f(cal["crop_calibrated"]["tpr_at_1fpr"])}, null
+{_f(cal["crop_calibrated"]["null_auc_99"])}); video AUC {_f(cal["video_calibrated"]["auc"])}.</p>
+<h3>Model inversion toward REAL</h3>
+<p>SSIM of each reconstruction to its nearest training vs test REAL crop (pools of
+{inv["whitebox_noise"]["pool_videos"]} REAL videos from each split). <i>start_mean_face</i> is the
+black-box starting point: a gap no larger than its gap means nothing was recovered. Black-box budget {inv["budget_queries"]} queries each.</p>
+<table><tr><th>method</th><th>SSIM train</th><th>SSIM test</th><th>train - test</th><th>closer to train</th>
+<th>P(fake)</th></tr>{inv_rows}</table>{fig}{_dp_html(result.get("dp"))}</body></html>"""
+
+
+def _dp_html(dp: dict[str, Any] | None) -> str:
+    if not dp:
+        return ""
+    rows = "".join(
+        f"<tr><td>{k}</td><td colspan=5>{v['error']}</td></tr>"
+        if "error" in v
+        else f"<tr><td>{k}</td><td>{_f(v['epsilon_spent'])}</td><td>{_f(v['clean_frame_auc'])}</td>"
+        f"<td>{_f(v['membership_auc'])}</td><td>{_f(v['membership_tpr_at_1fpr'])}</td><td>{_f(v['train_accuracy'])}</td></tr>"
+        for k, v in dp["rows"].items()
+    )
+    return (f"<h3>DP-SGD (Opacus), discriminator without spectral norm, {dp['epochs']} epochs, "
+            f"delta {dp['delta']:.2g}</h3><table><tr><th>training</th><th>epsilon</th><th>clean frame AUC</th>"
+            f"<th>membership AUC</th><th>TPR@1%FPR</th><th>train accuracy</th></tr>{rows}</table>")  # fmt: skip
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers for the CLI."""
+    m, inv = result["membership"], result["inversion"]
+    return {
+        "version": result["version"],
+        "adversarial_epochs": result.get("adversarial_epochs"),
+        "membership_auc": {p: {"crop": r["crop"]["auc"], "video": r["video"]["auc"]} for p, r in m.items()},
+        "membership_tpr_at_1fpr": {
+            p: {"crop": r["crop"]["tpr_at_1fpr"], "video": r["video"]["tpr_at_1fpr"]} for p, r in m.items()
+        },
+        "null_auc_99": {"crop": m["full"]["crop"]["null_auc_99"], "video": m["full"]["video"]["null_auc_99"]},
+        "calibrated_auc": {
+            "crop": m["full"]["crop_calibrated"]["auc"],
+            "video": m["full"]["video_calibrated"]["auc"],
+        },
+        "verdict_video_auc": {p: r["video_auc"] for p, r in result["verdict_cost"].items()},
+        "inversion_ssim_train_minus_test": {
+            k: v["train_minus_test"] for k, v in inv.items() if isinstance(v, dict)
+        },
+        "dp": result.get("dp", {}).get("rows"),
+        "report": result.get("report"),
+    }
