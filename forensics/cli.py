@@ -19,6 +19,7 @@ from forensics import __version__
 from forensics.config import Settings, load_settings
 from forensics.errors import ConfigError, ForensicsError
 from forensics.logs import configure_logging
+from forensics.redact import redact
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -127,6 +128,8 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.registry import Registry
     from forensics.scan import scan_file
 
+    if not args.log_level:  # scan's output is its verdict lines and one line per error, not progress logs
+        configure_logging("scan", "warning", settings.log_format)
     model = load_model(Registry(settings.models_dir), args.model, providers=settings.detect.providers)
     status = 0
     for path in args.files:
@@ -195,7 +198,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     roles += [(f"detect-{i}", ["detect"]) for i in range(args.detect_workers)]
     sup = Supervisor(settings, roles, config=args.config, max_restarts=args.max_restarts)
     url = sup.start()
-    print(f"forensics up: {', '.join(n for n, _ in roles)} on {url}", flush=True)
+    print(f"forensics up: {', '.join(n for n, _ in roles)} on {redact(url)}", flush=True)
     sup.watch(_stop_event())
     return 0
 
@@ -552,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(args.role, settings.log_level, settings.log_format)
         return args.func(args, settings)
     except ForensicsError as err:
-        print(f"forensics: error: {err}", file=sys.stderr)
+        print(f"forensics: error: {redact(err)}", file=sys.stderr)
         return 2
 
 

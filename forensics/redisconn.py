@@ -10,31 +10,28 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from forensics.config import Settings
 from forensics.errors import RedisUnavailable
 from forensics.logs import get_logger
+from forensics.redact import redact
+
+__all__ = ["EmbeddedRedis", "connect", "connect_settings", "find_redis_server", "redact", "redis_for"]
 
 # Unix socket paths longer than this do not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 100
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 30.0) -> redis.Redis:
     """A checked client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user:password allowed).
 
+    Each command rides out a short blip itself (3 retries, jittered backoff up to 1 s, on
+    connection errors and timeouts; idle connections are health-checked before use); a longer
+    outage reaches the caller's loop, which waits it out (:mod:`forensics.outage`).
     Raises RedisUnavailable with one line if the server cannot be reached or refuses us.
     """
     try:
@@ -43,15 +40,17 @@ def connect(url: str, *, connect_timeout: float = 5.0, socket_timeout: float = 3
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             health_check_interval=30,
+            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             decode_responses=False,
         )
         client.ping()
     except redis.AuthenticationError as err:
-        raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {err}") from None
+        raise RedisUnavailable(redact(f"Redis at {url} refused the credentials: {err}")) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as err:
         raise RedisUnavailable(
-            f"cannot reach Redis at {redact(url)}: {err}. Check FORENSICS_REDIS__URL, "
-            "or unset it to use the embedded server."
+            redact(f"cannot reach Redis at {url}: {str(err).rstrip('. ')}. Check FORENSICS_REDIS__URL, "
+                   "or unset it to use the embedded server.")
         ) from None
     return client
 
