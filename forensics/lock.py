@@ -24,6 +24,7 @@ import redis
 
 from forensics.errors import ForensicsError
 from forensics.logs import get_logger
+from forensics.outage import REDIS_DOWN, Outage
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -88,13 +89,18 @@ class RedisLock:
 
     def _renew_loop(self) -> None:
         period = self.ttl_ms / 3000
-        while not self._stop.wait(period):
+        # A lost connection is retried sooner than the period (backoff capped at a third of it)
+        # until the expiry could have passed; then the renewal finds the key gone: "lock lost".
+        outage = Outage(f"lock renewal ({self.key})", self.log, cap_s=max(0.1, period / 3))
+        delay = period
+        while not self._stop.wait(delay):
             try:
                 ok = self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
-            except (redis.ConnectionError, redis.TimeoutError) as err:
-                # Keep trying until the expiry could have passed; then we can no longer claim it.
-                self.log.warning("lock renewal failed", error=str(err))
+            except REDIS_DOWN as err:
+                delay = outage.failed(err)
                 continue
+            outage.ok()
+            delay = period
             if not ok:
                 self.log.error("lock lost", key=self.key)
                 self.lost.set()

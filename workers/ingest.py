@@ -6,6 +6,10 @@ progress counter, so a worker killed mid-file and restarted re-decodes the file,
 batches already on the stream, and adds each batch exactly once with the same sequence
 numbers. A file moves to ``done/`` after its end-of-file marker is on the stream; a file
 that cannot be used moves to ``failed/`` beside a ``.reason`` file, and the worker goes on.
+
+A lost Redis connection pauses the file where it is (:class:`forensics.outage.Outage`: logged
+once, retried with capped exponential backoff); a write whose reply was lost is checked against
+the file's progress counter before it is retried, so it is never added twice.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from forensics.config import Settings, resolve_frame_size
 from forensics.errors import BadVideo
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
+from forensics.outage import REDIS_DOWN, Outage
 from forensics.streams import Keys, ensure_group, wait_below_high_water
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
@@ -36,6 +41,10 @@ _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".reason", ".do
 # Progress of a finished file is kept this long, so a crash between the end-of-file marker and
 # the move to done/ is recovered without re-adding anything.
 _PROGRESS_TTL_S = 7 * 24 * 3600
+
+
+class _Stopped(Exception):
+    """Stop was asked while waiting for Redis to come back."""
 
 
 @dataclass
@@ -114,6 +123,9 @@ class FileIngest:
         self.cropper = cropper if cropper is not None else build_cropper(settings.faces, resolve_frame_size(settings))
         self.stable = StableFiles(self.watch, ing.stable_seconds)
         self.log = get_logger()
+        self.outage = Outage("file ingest", self.log, base_s=settings.redis.retry_base_s,
+                             cap_s=settings.redis.retry_cap_s)  # fmt: skip
+        self._stop: threading.Event | None = None
         ensure_group(r, self.keys.frames)
 
     # -- the loop -------------------------------------------------------------------------
@@ -127,9 +139,31 @@ class FileIngest:
                 self.stable.forget(path)
             stop.wait(self.settings.ingest.poll_interval)
 
+    def _redis(self, op, applied=None):
+        """``op()``; while Redis is away, pause and retry with backoff. ``applied()`` tells whether
+        a try whose reply was lost took effect (then it is not repeated). Raises _Stopped on stop."""
+        tried = False
+        while True:
+            try:
+                result = None if tried and applied is not None and applied() else op()
+                self.outage.ok()
+                return result
+            except REDIS_DOWN as err:
+                tried = True
+                if self.outage.wait(err, self._stop):
+                    raise _Stopped from None
+
     # -- one file -------------------------------------------------------------------------
     def process(self, path: Path, stop: threading.Event | None = None) -> FileOutcome:
         """Ingest one complete file. Never raises for a bad file: it is quarantined instead."""
+        self._stop = stop
+        try:
+            return self._process(path, stop)
+        except _Stopped:
+            self.log.info("stopped while Redis was away; will resume", file=path.name)
+            return FileOutcome(path, "", "stopped")
+
+    def _process(self, path: Path, stop: threading.Event | None) -> FileOutcome:
         try:
             key = file_key(path)
         except FileNotFoundError:
@@ -137,7 +171,8 @@ class FileIngest:
         source = source_id_for(path, key)
         log = self.log.bind(source=source, file=path.name)
         progress_key = self.keys.ingest_progress(key)
-        progress = {k.decode(): v.decode() for k, v in self.r.hgetall(progress_key).items()}
+        raw = self._redis(lambda: self.r.hgetall(progress_key))
+        progress = {k.decode(): v.decode() for k, v in raw.items()}
         if progress.get("eof") == "1":
             # Crashed after the end-of-file marker but before the move: only the move is left.
             status = progress.get("status", "done")
@@ -208,12 +243,16 @@ class FileIngest:
         )
 
     def _add(self, batch: FrameBatch, progress_key: str, seq: int) -> None:
-        ing = self.settings.ingest
-        wait_below_high_water(self.r, self.keys.frames, ing.high_water)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(batch))
-        pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
-        pipe.execute()
+        fields = encode(batch)
+
+        def add() -> None:
+            wait_below_high_water(self.r, self.keys.frames, self.settings.ingest.high_water, stop=self._stop)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.xadd(self.keys.frames, fields)
+            pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
+            pipe.execute()
+
+        self._redis(add, applied=lambda: int(self.r.hget(progress_key, "written") or 0) > seq)
 
     def _finish(self, path: Path, source: str, progress_key: str, seq: int, out: FileOutcome, log) -> None:
         info = {
@@ -225,13 +264,17 @@ class FileIngest:
         }
         if out.status == "failed":
             info["error"] = out.reason
-        eof = FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info)
-        wait_below_high_water(self.r, self.keys.frames, self.settings.ingest.high_water)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.frames, encode(eof))
-        pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
-        pipe.expire(progress_key, _PROGRESS_TTL_S)
-        pipe.execute()
+        eof = encode(FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info))
+
+        def add_eof() -> None:
+            wait_below_high_water(self.r, self.keys.frames, self.settings.ingest.high_water, stop=self._stop)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.xadd(self.keys.frames, eof)
+            pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
+            pipe.expire(progress_key, _PROGRESS_TTL_S)
+            pipe.execute()
+
+        self._redis(add_eof, applied=lambda: self.r.hget(progress_key, "eof") == b"1")
         self._move(path, out.status, out.reason)
         self._set_source(
             source,
@@ -259,7 +302,15 @@ class FileIngest:
 
     def _set_source(self, source: str, path: Path, **fields) -> None:
         mapping = {"kind": "file", "file": path.name, **{k: str(v) for k, v in fields.items()}}
-        self.r.hset(self.keys.source(source), mapping=mapping)
+        key = self.keys.source(source)
+
+        def write() -> None:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self.settings.ingest.source_ttl_s)  # per-file hashes must not pile up
+            pipe.execute()
+
+        self._redis(write)
 
 
 def _free_name(target: Path) -> Path:
