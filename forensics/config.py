@@ -83,6 +83,11 @@ class IngestSettings(_Section):
         1.0, ge=0, description="A dropped file is taken once its size and mtime are unchanged this long."
     )
     poll_interval: float = Field(0.5, gt=0, description="Seconds between scans of the watch folder.")
+    incomplete_timeout_s: float = Field(
+        600.0, gt=0,
+        description="An MP4 without its index or a TS cut mid-packet waits for its writer this long "
+        "(unchanged), then the decoder judges it.",
+    )  # fmt: skip
     source_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="A dropped file's state hash (forensics:sources:<id>) expires after this, s."
     )

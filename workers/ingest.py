@@ -15,8 +15,10 @@ the file's progress counter before it is retried, so it is never added twice.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ import numpy as np
 import redis
 
 from forensics.config import Settings, resolve_frame_size
+from forensics.containers import TS_SUFFIXES, unfinished
 from forensics.errors import BadVideo
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
@@ -35,9 +38,8 @@ from forensics.outage import REDIS_DOWN, Outage
 from forensics.streams import Keys, ensure_group, wait_below_high_water
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
+from workers.dropfolder import DropFolder
 
-# Names that are still being written by common tools, or are ours.
-_PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".reason", ".download")
 # Progress of a finished file is kept this long, so a crash between the end-of-file marker and
 # the move to done/ is recovered without re-adding anything.
 _PROGRESS_TTL_S = 7 * 24 * 3600
@@ -51,7 +53,7 @@ class _Stopped(Exception):
 class FileOutcome:
     path: Path
     source: str
-    status: str  # done | failed | stopped
+    status: str  # done | failed | stopped | changed (still being written: read again later)
     batches: int = 0
     skipped_batches: int = 0  # already on the stream from an earlier, interrupted run
     images: int = 0
@@ -70,41 +72,6 @@ def source_id_for(path: Path, key: str) -> str:
     return f"{stem}-{key[:8]}"
 
 
-class StableFiles:
-    """Tracks files in a folder and reports those whose size and mtime stopped changing."""
-
-    def __init__(self, folder: Path, stable_seconds: float):
-        self.folder = folder
-        self.stable_seconds = stable_seconds
-        self._seen: dict[Path, tuple[int, int, float]] = {}
-
-    def ready(self, now: float | None = None) -> list[Path]:
-        now = time.monotonic() if now is None else now
-        out, present = [], set()
-        for p in sorted(self.folder.iterdir(), key=lambda q: q.name):
-            if not p.is_file() or p.name.startswith(".") or p.name.lower().endswith(_PARTIAL_SUFFIXES):
-                continue
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            present.add(p)
-            sig = (st.st_size, st.st_mtime_ns)
-            prev = self._seen.get(p)
-            if prev is None or prev[:2] != sig:
-                self._seen[p] = (*sig, now)
-                if self.stable_seconds > 0:
-                    continue
-            if now - self._seen[p][2] >= self.stable_seconds:
-                out.append(p)
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return out
-
-    def forget(self, path: Path) -> None:
-        self._seen.pop(path, None)
-
-
 class FileIngest:
     """Ingests files dropped into ``settings.ingest.watch_dir`` onto ``<prefix>:frames``."""
 
@@ -121,7 +88,7 @@ class FileIngest:
         for d in (self.watch, self.done_dir, self.failed_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.cropper = cropper if cropper is not None else build_cropper(settings.faces, resolve_frame_size(settings))
-        self.stable = StableFiles(self.watch, ing.stable_seconds)
+        self.drops = DropFolder(self.watch, ing.stable_seconds, incomplete_timeout_s=ing.incomplete_timeout_s)
         self.log = get_logger()
         self.outage = Outage("file ingest", self.log, base_s=settings.redis.retry_base_s,
                              cap_s=settings.redis.retry_cap_s)  # fmt: skip
@@ -131,13 +98,24 @@ class FileIngest:
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         self.log.info("watching for dropped files", watch_dir=str(self.watch), detector=self.settings.faces.detector)
-        while not stop.is_set():
-            for path in self.stable.ready():
-                if stop.is_set():
-                    break
-                self.process(path, stop)
-                self.stable.forget(path)
-            stop.wait(self.settings.ingest.poll_interval)
+        try:
+            while not stop.is_set():
+                ready, refused = self.drops.scan()
+                for path, why in refused:
+                    self.refuse(path, why)
+                for path in ready:
+                    if stop.is_set():
+                        break
+                    self.process(path, stop)
+                    self.drops.forget(path)
+                stop.wait(self.settings.ingest.poll_interval)
+        finally:
+            self.drops.close()
+
+    def refuse(self, path: Path, why: str) -> None:
+        """Quarantine an entry that is not ours (a symlink, a device, ...) without reading it."""
+        self._move(path, "failed", f"{path.name}: {why}")
+        self.log.warning("refused a dropped entry", file=path.name, reason=why, folder=str(self.failed_dir))
 
     def _redis(self, op, applied=None):
         """``op()``; while Redis is away, pause and retry with backoff. ``applied()`` tells whether
@@ -165,6 +143,10 @@ class FileIngest:
 
     def _process(self, path: Path, stop: threading.Event | None) -> FileOutcome:
         try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):  # swapped for a link since the folder scan: never read it
+                self.refuse(path, "not a regular file (replaced after it was dropped): refused, not read")
+                return FileOutcome(path, "", "failed", reason="not a regular file")
             key = file_key(path)
         except FileNotFoundError:
             return FileOutcome(path, "", "failed", reason="file vanished before ingest")
@@ -197,8 +179,17 @@ class FileIngest:
                     out.batches += 1
                     out.images += len(batch)
                 seq += 1
+            cut = unfinished(path) if path.suffix.lower() in TS_SUFFIXES else None
+            if cut is not None:  # the decoder cannot tell a TS that stops short; its packets can
+                raise BadVideo(f"{path.name}: truncated: {cut}")
         except BadVideo as err:
             out.status, out.reason = "failed", str(err)
+        if _changed(path, st):
+            # Still being written after all: what was read is dropped (its aggregate expires);
+            # the finished file is a new file (new key) and gets the one verdict.
+            self._redis(lambda: self.r.delete(progress_key))
+            log.warning("file changed while it was read; it will be read again when complete")
+            return FileOutcome(path, source, "changed")
         out.stats = {k: v for k, v in stats.items() if k != "info"}
         self._finish(path, source, progress_key, seq, out, log)
         return out
@@ -295,7 +286,7 @@ class FileIngest:
     def _move(self, path: Path, status: str, reason: str) -> None:
         folder = self.failed_dir if status == "failed" else self.done_dir
         target = _free_name(folder / path.name)
-        if path.exists():
+        if os.path.lexists(path):  # a link is moved as a link: its target is never touched
             shutil.move(str(path), target)
         if status == "failed":
             Path(str(target) + ".reason").write_text(f"{reason}\n")
@@ -313,12 +304,20 @@ class FileIngest:
         self._redis(write)
 
 
+def _changed(path: Path, before: os.stat_result) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False  # gone: finish with what was read
+    return (st.st_size, st.st_mtime_ns, st.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
 def _free_name(target: Path) -> Path:
-    if not target.exists():
+    if not os.path.lexists(target):
         return target
     for i in range(1, 10_000):
         alt = target.with_name(f"{target.stem}.{i}{target.suffix}")
-        if not alt.exists():
+        if not os.path.lexists(alt):
             return alt
     raise OSError(f"no free name for {target}")
 
