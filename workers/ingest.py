@@ -241,6 +241,7 @@ class FileIngest:
             pipe = self.r.pipeline(transaction=True)
             pipe.xadd(self.keys.frames, fields)
             pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
+            pipe.expire(progress_key, _PROGRESS_TTL_S)  # a file abandoned mid-way leaves nothing for ever
             pipe.execute()
 
         self._redis(add, applied=lambda: int(self.r.hget(progress_key, "written") or 0) > seq)
