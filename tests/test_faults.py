@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from forensics.redisconn import find_redis_server
 from forensics.streams import Keys
 from tests.conftest import ROOT, free_port
 from tests.media import write_test_video
+from tests.redis_process import RedisProcess
 from tests.tinymodel import make_tiny_registry
 
 SIZE = 16
@@ -30,39 +29,6 @@ SIZE = 16
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     return make_tiny_registry(tmp_path_factory.mktemp("tiny") / "models", size=SIZE).root
-
-
-class RedisProcess:
-    """A redis-server on a fixed port and folder, which can be SIGKILLed and started again."""
-
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        self.proc = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return time.time()
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 def _role(args, env, log: Path) -> subprocess.Popen:
