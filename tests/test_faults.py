@@ -21,14 +21,8 @@ from forensics.streams import Keys
 from tests.conftest import ROOT, free_port
 from tests.media import write_test_video
 from tests.redis_process import RedisProcess
-from tests.tinymodel import make_tiny_registry
 
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_registry(tmp_path_factory.mktemp("tiny") / "models", size=SIZE).root
 
 
 def _role(args, env, log: Path) -> subprocess.Popen:
@@ -67,7 +61,7 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
            "FORENSICS_DETECT__BLOCK_MS": "200", "FORENSICS_DETECT__PROVIDERS": '["CPUExecutionProvider"]',
            "FORENSICS_DETECT__INTRA_OP_THREADS": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
     names = []
-    for i in range(8):
+    for i in range(6):
         names.append(f"clip{i}.mp4")
         write_test_video(tmp_path / names[-1], frames=45, fps=30, width=64, height=48, gop=15)
     ingest = _role(["ingest", "--watch", str(watch)], env, tmp_path / "ingest.log")

@@ -10,18 +10,13 @@ import pytest
 from forensics.config import load_settings
 from forensics.registry import Registry, sha256_file
 from forensics.streams import Keys
-from tests.tinymodel import copy_registry, make_tiny_registry
+from tests.tinymodel import copy_registry
 from workers.detect import DetectWorker
 
 
-@pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
-    return make_tiny_registry(tmp_path_factory.mktemp("tiny2") / "models", size=16, versions=2).root
-
-
 @pytest.fixture
-def worker(tmp_path, redis_url, prefix, two_versions, r):
-    copy_registry(two_versions, tmp_path / "models")
+def worker(tmp_path, redis_url, prefix, tiny_models, r):
+    copy_registry(tiny_models, tmp_path / "models")
     s = load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "models", log_format="json",
                       redis={"url": redis_url, "prefix": prefix}, detect={"providers": ["CPUExecutionProvider"]})  # fmt: skip
     w = DetectWorker(s, r, consumer="w1")

@@ -19,15 +19,10 @@ from forensics.config import load_settings
 from forensics.errors import WireError
 from forensics.streams import Keys, backlog, ensure_group, read_group
 from forensics.wire import FrameBatch, decode, encode
-from tests.tinymodel import copy_registry, make_tiny_registry
+from tests.tinymodel import copy_registry
 from workers.detect import DetectWorker
 
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_registry(tmp_path_factory.mktemp("tiny") / "models", size=SIZE).root
 
 
 @pytest.fixture

@@ -6,23 +6,16 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from forensics.alerts import evidence_key
 from forensics.config import load_settings
 from forensics.streams import Keys, ensure_group, prune_idle_consumers, read_group
 from tests.media import write_test_video
-from tests.tinymodel import copy_registry, make_tiny_registry
+from tests.tinymodel import copy_registry
 from workers.detect import DetectWorker
 from workers.ingest import FileIngest
 
 # Keys that live as long as the deployment, whatever the number of files: each is capped by length.
 FIXED = {"frames", "results", "alerts", "dead"}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_registry(tmp_path_factory.mktemp("tiny") / "models", size=16).root
 
 
 def _drop_and_score(n, ing, worker, watch, clip, r, keys):
@@ -51,7 +44,7 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
     t0 = time.monotonic()
     counts = {}
     done = 0
-    for n in (40, 160):  # 40 files, then 160 more: 200 in all
+    for n in (20, 80):  # 20 files, then 80 more: 100 in all
         _drop_and_score(n, ing, worker, watch, clip, r, keys)
         done += n
         all_keys = [k.decode() for k in r.keys(f"{prefix}:*")]
@@ -59,10 +52,10 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
         counts[done] = {"keys": len(all_keys), "without_ttl": no_ttl}
     elapsed = time.monotonic() - t0
     verdicts = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.alerts) if b'"verdict"' in f[b"event"]]
-    assert len(verdicts) == 200
-    # What has no expiry is the same handful of capped streams after 40 and after 200 files.
-    assert counts[40]["without_ttl"] == counts[200]["without_ttl"]
-    assert {k.split(":", 1)[1] for k in counts[200]["without_ttl"]} <= FIXED | {"model"}
+    assert len(verdicts) == 100
+    # What has no expiry is the same handful of capped streams after 20 and after 100 files.
+    assert counts[20]["without_ttl"] == counts[100]["without_ttl"]
+    assert {k.split(":", 1)[1] for k in counts[100]["without_ttl"]} <= FIXED | {"model"}
     # Everything per file expires within its retention, and evidence is top-k per file.
     for k in r.keys(f"{prefix}:*"):
         name = k.decode()
@@ -74,7 +67,7 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
     assert r.hlen(evidence_key(keys, src)) <= 4
     assert not r.keys(f"{prefix}:agg:*") and not r.exists(f"{prefix}:errors")
     assert r.xlen(keys.frames) == 0  # acknowledged and deleted
-    print(json.dumps({"files": 200, "keys_after": {k: v["keys"] for k, v in counts.items()}, "seconds": round(elapsed, 1)}))
+    print(json.dumps({"files": 100, "keys_after": {k: v["keys"] for k, v in counts.items()}, "seconds": round(elapsed, 1)}))
 
 
 def test_idle_consumers_without_pending_entries_are_removed(r, prefix):
