@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -118,5 +119,62 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        r.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_forensics_up_rides_out_a_20_s_redis_outage_without_restarting_a_role(tmp_path, tiny_models):
+    server = RedisProcess(tmp_path / "redis", free_port())
+    server.folder.mkdir()
+    server.start()
+    prefix = "upfault"
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORENSICS_REDIS__URL": server.url, "FORENSICS_REDIS__PREFIX": prefix,
+           "FORENSICS_MODELS_DIR": str(tiny_models), "FORENSICS_STATE_DIR": str(tmp_path / "state"),
+           "FORENSICS_LOG_FORMAT": "json", "FORENSICS_FACES__DETECTOR": "none", "FORENSICS_INGEST__FRAME_SIZE": str(SIZE),
+           "FORENSICS_INGEST__STABLE_SECONDS": "0.2", "FORENSICS_INGEST__POLL_INTERVAL": "0.05",
+           "FORENSICS_DETECT__PROVIDERS": '["CPUExecutionProvider"]', "FORENSICS_DETECT__INTRA_OP_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    up = _role(["up", "--watch", str(watch), "--detect-workers", "1"], env, tmp_path / "up.log")
+    r = redis.Redis.from_url(server.url)
+    keys = Keys(prefix)
+
+    def verdicts() -> list[str]:
+        try:
+            return [json.loads(f[b"event"])["file"] for _i, f in r.xrange(keys.alerts) if b'"verdict"' in f[b"event"]]
+        except redis.ConnectionError:
+            return []
+
+    try:
+        for i in range(4):
+            write_test_video(watch / f"u{i}.mp4", frames=30, fps=30, width=64, height=48, gop=15)
+            if i == 1:
+                deadline = time.monotonic() + 90
+                while not verdicts():
+                    assert time.monotonic() < deadline and up.poll() is None
+                    time.sleep(0.1)
+                server.kill()
+                time.sleep(20.0)  # files 2 and 3 are dropped into a daemon without Redis
+                assert up.poll() is None
+                server.start()
+        deadline = time.monotonic() + 90
+        while len(verdicts()) < 4:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, verdicts()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert sorted(verdicts()) == [f"u{i}.mp4" for i in range(4)]
+        events = _log_events(tmp_path / "up.log")
+        started = [e for e in events if e.get("event") == "role started"]
+        assert len(started) == 2, started  # ingest and detect-0, never restarted
+        assert any(e.get("event") == "connected to Redis again" for e in events)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
         r.close()
         server.stop()
