@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import redis
-
-from forensics.redisconn import find_redis_server
+from forensics.redisconn import EmbeddedRedis
 
 
 @contextmanager
@@ -21,24 +18,8 @@ def private_redis() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", d],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(200):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bench-redis-")), port=port, persist=False) as server:
+        yield server.url
 
 
 def sample_clip(path: Path, *, width: int, height: int, fps: int, seconds: float, fake: bool = False) -> Path:

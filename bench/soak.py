@@ -102,7 +102,6 @@ def main() -> None:
     bad = media / "bad.mp4"
     bad.write_bytes(os.urandom(20_000))
     rserver = RedisProcess(work / "redis", free_port())
-    rserver.folder.mkdir(exist_ok=True)
     rserver.start()
     rtsp = Server(clip, 2)
     watch = work / "watch"

@@ -69,7 +69,7 @@ class AlertWriter:
     def emit(self, alert: dict[str, Any]) -> bool:
         """True if published now, False if this alert id was already published."""
         payload = json.dumps(alert, separators=(",", ":"), allow_nan=False)
-        marker = f"{self.keys.prefix}:alert-ids:{alert['alert_id']}"
+        marker = self.keys.alert_marker(alert["alert_id"])
         return bool(self._script(keys=[marker, self.keys.alerts], args=[payload, self.maxlen, self.dedupe_ttl]))
 
 
@@ -123,11 +123,6 @@ def find_alert(r: redis.Redis, keys: Keys, alert_id: str, *, chunk: int = 500) -
         last = "(" + entries[-1][0].decode()
 
 
-def evidence_key(keys: Keys, source: str) -> str:
-    """Hash of a source's evidence crops (PNG bytes), kept by detect workers for evidence_ttl_s."""
-    return f"{keys.prefix}:crops:{source}"
-
-
 def evidence_field(frame: int, track: int | None) -> str:
     return f"{frame}:{track}"
 
@@ -149,7 +144,7 @@ def evidence_png(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> bytes:
     ev = alert.get("evidence")
     if not isinstance(ev, dict) or "frame" not in ev:
         raise AlertNotFound(f"alert {alert.get('alert_id')!r} ({alert.get('kind')}) carries no face evidence")
-    png = r.hget(evidence_key(keys, str(alert["source"])), evidence_field(int(ev["frame"]), ev.get("track")))
+    png = r.hget(keys.evidence(str(alert["source"])), evidence_field(int(ev["frame"]), ev.get("track")))
     if png is None:
         raise AlertNotFound(
             f"the evidence crop of alert {alert['alert_id']!r} has expired or was never kept "

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from croniter import CroniterBadDateError, CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -28,6 +30,23 @@ from forensics.redact import redact
 
 ENV_PREFIX = "FORENSICS_"
 
+
+
+def next_cron_time(expr: str, after: float) -> float:
+    """Unix time of the first minute strictly after ``after`` (unix s) matching ``expr``, a five-field
+    cron expression in UTC (croniter: names like ``mon`` and Vixie cron's either-day rule included).
+
+    Raises ValueError with one line for anything else, or an expression that never matches."""
+    fields = len(expr.split())
+    if fields != 5:
+        raise ValueError(f"cron {expr!r} has {fields} fields, needs 5: minute hour day-of-month month day-of-week "
+                         "(e.g. '0 3 * * *' for 03:00 UTC daily)")  # fmt: skip
+    try:
+        return float(croniter(expr, datetime.fromtimestamp(after, timezone.utc)).get_next(float))
+    except CroniterBadDateError:
+        raise ValueError(f"cron {expr!r} never matches (e.g. day 31 of a 30-day month)") from None
+    except CroniterError as err:
+        raise ValueError(f"cron {expr!r}: {str(err).splitlines()[0]}") from None
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -285,14 +304,7 @@ class RetrainSettings(_Section):
     @classmethod
     def _valid_cron(cls, v: str | None) -> str | None:
         if v is not None:
-            from datetime import datetime, timezone
-
-            from forensics.cron import parse_cron
-
-            try:
-                parse_cron(v).next_after(datetime.now(timezone.utc))
-            except ConfigError as err:
-                raise ValueError(str(err)) from None
+            next_cron_time(v, 0.0)  # raises ValueError with one line
         return v
 
 

@@ -20,20 +20,12 @@ from typing import Any
 import numpy as np
 import redis
 
-from forensics.alerts import AlertNotFound, decode_crop_png, evidence_key, evidence_png, find_alert
+from forensics.alerts import AlertNotFound, decode_crop_png, evidence_png, find_alert
 from forensics.errors import ForensicsError
 from forensics.streams import Keys
 
 LABELS = {"real": 0, "fake": 1}
 _MAX_VERDICT_CROPS = 32
-
-
-def labels_key(keys: Keys) -> str:
-    return f"{keys.prefix}:labels"
-
-
-def label_crops_key(keys: Keys, alert_id: str) -> str:
-    return f"{keys.prefix}:labels:crops:{alert_id}"
 
 
 def _alert_pngs(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, bytes]:
@@ -43,7 +35,7 @@ def _alert_pngs(r: redis.Redis, keys: Keys, alert: dict[str, Any]) -> dict[str, 
             return {"evidence": evidence_png(r, keys, alert)}
         except AlertNotFound:
             return {}
-    found = r.hgetall(evidence_key(keys, str(alert.get("source"))))
+    found = r.hgetall(keys.evidence(str(alert.get("source"))))
     return {k.decode(): v for k, v in sorted(found.items())[:_MAX_VERDICT_CROPS]}
 
 
@@ -64,11 +56,11 @@ def record_label(r: redis.Redis, keys: Keys, alert_id: str, label: str, *, by: s
     }  # fmt: skip
     pipe = r.pipeline(transaction=True)
     if pngs:
-        ck = label_crops_key(keys, alert_id)
+        ck = keys.label_crops(alert_id)
         pipe.delete(ck)
         pipe.hset(ck, mapping=pngs)
         pipe.expire(ck, crop_ttl_s)
-    pipe.hset(labels_key(keys), alert_id, json.dumps(record, separators=(",", ":")))
+    pipe.hset(keys.labels, alert_id, json.dumps(record, separators=(",", ":")))
     pipe.execute()
     return record
 
@@ -83,13 +75,13 @@ class LabelledCrops:
 def labelled_crops(r: redis.Redis, keys: Keys, size: int) -> list[LabelledCrops]:
     """Every recorded verdict with its crops at ``size`` px (uint8 RGB), or the reason they are unusable."""
     out = []
-    for alert_id, raw in sorted(r.hgetall(labels_key(keys)).items()):
+    for alert_id, raw in sorted(r.hgetall(keys.labels).items()):
         try:
             record = json.loads(raw)
         except ValueError:
             out.append(LabelledCrops({"alert_id": alert_id.decode()}, None, "malformed label record"))
             continue
-        pngs = r.hgetall(label_crops_key(keys, alert_id.decode()))
+        pngs = r.hgetall(keys.label_crops(alert_id.decode()))
         if not pngs:
             out.append(LabelledCrops(record, None, "crop expired before labelling or retention ended"))
             continue

@@ -1,4 +1,4 @@
-"""Prometheus metrics and a health endpoint for the detect worker.
+"""Prometheus metrics of the detect worker, and the metrics HTTP server of every role that serves them.
 
 ``GET /metrics``: Prometheus text format; ``GET /healthz``: JSON with the model version, the
 seconds since the loop last turned, and ``ok`` (200) or not (503) when the loop is stuck.
@@ -52,14 +52,20 @@ class DetectMetrics:
         self.model.labels(version=version).set(1)
 
 
-def serve(port: int, metrics: DetectMetrics, health: Callable[[], dict], *, stuck_after_s: float = 60.0):
-    """Start the HTTP server on a daemon thread; returns the server (``.server_port``, ``.shutdown()``)."""
+def serve(port: int, metrics: DetectMetrics | CollectorRegistry, health: Callable[[], dict] | None = None, *,
+          stuck_after_s: float = 60.0) -> ThreadingHTTPServer:  # fmt: skip
+    """The one metrics HTTP server (detect workers and live ingest): ``GET /metrics`` from ``metrics``
+    (a DetectMetrics or any prometheus registry); with ``health``, ``GET /healthz`` as well (needs a
+    DetectMetrics, whose heartbeat says whether the loop is stuck). Runs on a daemon thread; returns
+    the server (``.server_port``; stop it with ``.shutdown()`` then ``.server_close()``). Port 0: any free port.
+    """
+    registry = metrics if isinstance(metrics, CollectorRegistry) else metrics.registry
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path.startswith("/metrics"):
-                body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
-            elif self.path.startswith("/healthz"):
+                body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+            elif self.path.startswith("/healthz") and health is not None:
                 state = health()
                 state["loop_age_s"] = time.monotonic() - metrics.heartbeat
                 state["ok"] = state["loop_age_s"] < stuck_after_s and state.get("model") is not None

@@ -79,37 +79,49 @@ def find_redis_server() -> str:
 
 
 class EmbeddedRedis:
-    """A private redis-server on a unix socket in ``state_dir``, with append-only persistence."""
+    """A private redis-server process: the one launcher (embedded server, test sessions, benchmarks).
 
-    def __init__(self, state_dir: Path):
+    Default: on a unix socket in ``<state_dir>/redis/`` with append-only persistence (``forensics up``
+    and roles without a configured Redis). With ``port``: on 127.0.0.1:port instead, and with
+    ``persist=False`` nothing is written to disk (tests, benchmarks).
+    """
+
+    def __init__(self, state_dir: Path, *, port: int | None = None, persist: bool = True, fsync: str = "everysec"):
+        """``fsync``: the append-only file's ``appendfsync`` (``always``: no acknowledged write is lost
+        even if the server is SIGKILLed; ``everysec``: up to a second is)."""
         self.dir = Path(state_dir).resolve() / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.port, self.persist, self.fsync = port, persist, fsync
         sock = self.dir / "redis.sock"
         if len(str(sock)) > _MAX_SOCKET_PATH:
             sock = Path(tempfile.mkdtemp(prefix="forensics-")) / "redis.sock"
         self.socket = sock
-        self.url = f"unix://{sock}"
+        self.url = f"unix://{sock}" if port is None else f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _client(self, timeout: float) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
     def alive(self) -> bool:
-        if not self.socket.exists():
+        if self.port is None and not self.socket.exists():
             return False
         try:
-            redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).ping()
+            self._client(1).ping()
             return True
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
 
     def start(self, timeout: float = 10.0) -> None:
         exe = find_redis_server()
-        if self.socket.exists():
-            self.socket.unlink()  # stale socket of a server that died
         log = self.dir / "redis.log"
-        args = [
-            exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--dir", str(self.dir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
-            "--logfile", str(log),
-        ]  # fmt: skip
+        if self.port is None:
+            if self.socket.exists():
+                self.socket.unlink()  # stale socket of a server that died
+            where = ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        else:
+            where = ["--port", str(self.port), "--bind", "127.0.0.1"]
+        persistence = ["--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync, "--save", ""]
+        args = [exe, *where, *persistence, "--dir", str(self.dir), "--daemonize", "no", "--logfile", str(log)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -128,7 +140,7 @@ class EmbeddedRedis:
             return
         if self.proc.poll() is None:
             try:  # SHUTDOWN flushes the append-only file
-                redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5).shutdown(nosave=False)
+                self._client(5).shutdown(nosave=not self.persist)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
                 pass
             try:
@@ -137,6 +149,13 @@ class EmbeddedRedis:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextmanager

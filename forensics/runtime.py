@@ -11,6 +11,7 @@ import numpy as np
 
 from forensics.errors import ModelError
 from forensics.logs import get_logger
+from forensics.probability import sigmoid
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Inference:
 
     @property
     def fake_prob(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+        return sigmoid(self.logits)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

@@ -21,21 +21,52 @@ DETECT_GROUP = "detect"
 
 
 class Keys:
-    """Names of every Redis key, under one prefix."""
+    """Names of every Redis key, under one prefix. Nothing else builds a key name."""
 
     def __init__(self, prefix: str = "forensics"):
         self.prefix = prefix
-        self.frames = f"{prefix}:frames"
-        self.results = f"{prefix}:results"
-        self.alerts = f"{prefix}:alerts"
-        self.dead = f"{prefix}:dead"
-        self.model = f"{prefix}:model"
+        self.frames = f"{prefix}:frames"  # stream of FrameBatches, group "detect"
+        self.results = f"{prefix}:results"  # stream of per-batch scores
+        self.alerts = f"{prefix}:alerts"  # stream + pub/sub channel of alerts
+        self.dead = f"{prefix}:dead"  # stream: entries that failed N deliveries
+        self.model = f"{prefix}:model"  # key + channel: current model version
+        self.errors = f"{prefix}:errors"  # hash: delivery errors per entry id (detect)
+        self.labels = f"{prefix}:labels"  # hash: alert id -> analyst's label record
+        self.retrain_lock = f"{prefix}:retrain:lock"  # one retraining at a time
+        self.retrain_last = f"{prefix}:retrain:last"  # the last run's id and start
+        self.retrain_refine = f"{prefix}:retrain:refine"  # the adversarial radius refinement state
 
     def source(self, source_id: str) -> str:
+        """Hash: a source's state and counters (forensics.sources)."""
         return f"{self.prefix}:sources:{source_id}"
 
     def ingest_progress(self, file_key: str) -> str:
+        """Hash: how far a dropped file's ingestion got."""
         return f"{self.prefix}:ingest:{file_key}"
+
+    def alert_marker(self, alert_id: str) -> str:
+        """Key: set once an alert id was published (writers deduplicate on it)."""
+        return f"{self.prefix}:alert-ids:{alert_id}"
+
+    def evidence(self, source: str) -> str:
+        """Hash: a source's evidence crops (PNG) by frame and track."""
+        return f"{self.prefix}:crops:{source}"
+
+    def label_crops(self, alert_id: str) -> str:
+        """Hash: the crops kept with an analyst's label, for retraining."""
+        return f"{self.prefix}:labels:crops:{alert_id}"
+
+    def aggregate(self, source: str) -> str:
+        """Hash: a file source's per-batch scores until its verdict."""
+        return f"{self.prefix}:agg:{source}"
+
+    def window(self, source: str) -> str:
+        """Sorted set: a live source's recent scores (the sliding window)."""
+        return f"{self.prefix}:win:{source}"
+
+    def live_state(self, source: str) -> str:
+        """Hash: a live source's alert state (hysteresis)."""
+        return f"{self.prefix}:live:{source}"
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import redis
 
 from forensics.config import Settings, load_settings
-from forensics.redisconn import find_redis_server
+from forensics.redisconn import EmbeddedRedis
 from tests.media import write_test_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,27 +26,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:
     """A private redis-server for the test session (real server, not a mock)."""
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(d)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("test redis-server did not start")
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port(), persist=False) as server:
+        yield server.url
 
 
 @pytest.fixture

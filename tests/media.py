@@ -1,13 +1,13 @@
-"""Real encoded test video, made by the tests with PyAV's bundled libx264."""
+"""Real encoded test video, made by the tests with the project's H.264 writer (PyAV's bundled libx264)."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import av
 import numpy as np
+
+from trainer.synth.writer import ClipWriter
 
 
 def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
@@ -35,18 +35,9 @@ def write_test_video(
     faststart: bool = True,
     frame_fn: Callable[[int, int, int], np.ndarray] = moving_pattern,
 ) -> Path:
-    """Encode ``frames`` frames of ``frame_fn(index, width, height)`` (uint8 RGB) as H.264 yuv420p MP4."""
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as out:
-        x264 = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:mbtree=0"}
-        stream = out.add_stream("libx264", rate=fps, options=x264)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.time_base = Fraction(1, fps)
+    """Encode ``frames`` frames of ``frame_fn(index, width, height)`` (uint8 RGB) as H.264 yuv420p MP4,
+    a keyframe every ``gop`` frames exactly."""
+    with ClipWriter(path, width, height, fps, gop=gop, faststart=faststart) as writer:
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_fn(i, width, height), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+            writer.write(frame_fn(i, width, height))
     return path

@@ -97,10 +97,10 @@ def test_dropped_files_get_exactly_one_verdict_each_with_mostly_right_labels(r, 
     # The evidence crop of every verdict is kept, as a 64x64 PNG.
     import cv2
 
-    from forensics.alerts import evidence_field, evidence_key
+    from forensics.alerts import evidence_field
 
     for v in verdicts:
-        png = r.hget(evidence_key(Keys(dsettings.redis.prefix), v["source"]),
+        png = r.hget(Keys(dsettings.redis.prefix).evidence(v["source"]),
                      evidence_field(v["evidence"]["frame"], v["evidence"]["track"]))  # fmt: skip
         assert png is not None
         assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
@@ -313,7 +313,6 @@ def test_metrics_and_health_endpoints_report_the_worker(r, dsettings):
 
 def test_explain_writes_a_saliency_figure_for_an_alert_from_its_evidence_crop(r, dsettings, samples, tmp_path,
                                                                                monkeypatch, capsys):  # fmt: skip
-    from forensics.alerts import evidence_key
     from forensics.cli import main
 
     fake = next(p for p, label in samples.items() if label == "FAKE")
@@ -341,7 +340,7 @@ def test_explain_writes_a_saliency_figure_for_an_alert_from_its_evidence_crop(r,
     # Unknown alert, expired crop: one line each, exit 2.
     assert main(["explain", "no-such-alert"]) == 2
     assert "no alert 'no-such-alert'" in capsys.readouterr().err
-    r.delete(evidence_key(Keys(dsettings.redis.prefix), v["source"]))
+    r.delete(Keys(dsettings.redis.prefix).evidence(v["source"]))
     assert main(["explain", v["alert_id"], "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "has expired" in err and "\n" not in err

@@ -13,7 +13,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from forensics.containers import unfinished

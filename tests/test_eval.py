@@ -11,7 +11,9 @@ from torch import nn
 
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
-from trainer.evaluate import TorchMahalanobis, evaluate, hop_skip_jump, load_test_split, run_evaluation
+from trainer.attacks import hop_skip_jump
+from trainer.defence import TorchMahalanobis
+from trainer.evaluate import evaluate, load_test_split, run_evaluation
 from trainer.models import load_discriminator
 from trainer.report import FIGURES, write_report
 

@@ -48,7 +48,6 @@ def _ts(event: dict) -> float:
 @pytest.mark.slow
 def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_no_verdict(tmp_path, tiny_models):
     server = RedisProcess(tmp_path / "redis", free_port())
-    server.folder.mkdir()
     server.start()
     prefix = "fault"
     watch = tmp_path / "watch"
@@ -126,7 +125,6 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
 @pytest.mark.slow
 def test_forensics_up_rides_out_a_20_s_redis_outage_without_restarting_a_role(tmp_path, tiny_models):
     server = RedisProcess(tmp_path / "redis", free_port())
-    server.folder.mkdir()
     server.start()
     prefix = "upfault"
     watch = tmp_path / "watch"

@@ -606,7 +606,6 @@ def test_redis_restart_under_a_live_source_keeps_decoding_counts_drops_and_resum
     from tests.redis_process import RedisProcess
 
     server = RedisProcess(tmp_path / "redis", free_port())
-    server.folder.mkdir()
     server.start()
     settings.redis.url = server.url
     settings.redis.retry_cap_s = 1.0

@@ -21,7 +21,6 @@ from tests.redis_process import RedisProcess
 def test_a_failing_role_is_restarted_with_backoff_and_never_given_up_while_redis_is_down(tmp_path, capfd):
     configure_logging("supervisor", "info", "json")
     server = RedisProcess(tmp_path / "redis", free_port())
-    server.folder.mkdir()
     server.start()
     settings = load_settings(state_dir=tmp_path / "st", models_dir=tmp_path / "no-models", redis={"url": server.url})
     # `scan` without a model exits at once with status 2: a role that keeps failing.

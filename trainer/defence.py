@@ -23,11 +23,12 @@ from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits
+from trainer.metrics import logit, roc_auc, run_batched
 from trainer.models import Discriminator, LogitsOnly, WithChannelStats
 from trainer.ood import scorer_fit_positives
 
 # name -> (feature blocks, whether the generic OOD positives join the FGSM ones). Compared in the
-# evaluation; SHIPPED won issue 8's study (trainer/defence_study.py): squeezing catches PGD, the
+# evaluation; SHIPPED won issue 8's study (experiments/defence_study.py): squeezing catches PGD, the
 # generic positives keep OOD detection where the pooled scorer had it.
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
     "pooled": (("pooled",), True),
@@ -42,22 +43,11 @@ FIT_EPS = (4 / 255, 8 / 255)  # FGSM radii of the positives
 NOISE_EPS = 4 / 255  # uniform noise of the noisy negatives
 
 
-@torch.no_grad()
 def torch_inference(net: WithChannelStats, images: np.ndarray, batch: int = 256) -> Inference:
     """uint8 [N,S,S,3] crops -> the ONNX model's outputs, computed by torch (float32)."""
-    net.eval()
-    logits, feats, stds = [], [], []
-    for i in range(0, len(images), batch):
-        lo, m, s = net(as_float_tensor(images[i : i + batch]))
-        logits.append(lo.numpy())
-        feats.append([t.numpy() for t in m])
-        stds.append([t.numpy() for t in s])
+    out = [t.numpy() for t in run_batched(net, images, batch, prepare=as_float_tensor)]
     n_layers = len(net.discriminator.blocks)
-    return Inference(
-        logits=np.concatenate(logits),
-        features=[np.concatenate([f[l] for f in feats]) for l in range(n_layers)],
-        stds=[np.concatenate([f[l] for f in stds]) for l in range(n_layers)],
-    )
+    return Inference(logits=out[0], features=out[1 : 1 + n_layers], stds=out[1 + n_layers :])
 
 
 def crop_features(defence: Defence, pooled: MahalanobisScorer, net: WithChannelStats, images: np.ndarray) -> np.ndarray:
@@ -140,6 +130,33 @@ class TorchLayerMahalanobis(torch.nn.Module):
         return torch.stack(cols, dim=1)
 
 
+class TorchMahalanobis(torch.nn.Module):
+    """The scorer's combined score as a differentiable torch function of the features (float64)."""
+
+    def __init__(self, scorer: MahalanobisScorer):
+        super().__init__()
+        self.layers = TorchLayerMahalanobis(scorer)
+        self.weights = torch.from_numpy(np.asarray(scorer.weights, np.float64))
+        self.bias = float(scorer.bias)
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.bias + self.layers(feats) @ self.weights
+
+
+
+class WithScore(torch.nn.Module):
+    """(logits, features) model + differentiable scorer -> (logits [N], combined anomaly score float64 [N]):
+    the form :func:`trainer.attacks.adaptive_attack` attacks (classifier and pooled detector at once)."""
+
+    def __init__(self, model: torch.nn.Module, maha: TorchMahalanobis):
+        super().__init__()
+        self.model, self.maha = model, maha
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, feats = self.model(x)
+        return z, self.maha(feats)
+
+
 class TorchDefence(torch.nn.Module):
     """The torch port of a fitted :class:`Defence`: x float32 [N,3,S,S] in [0,1] -> (logits [N], crop score [N]).
 
@@ -173,32 +190,6 @@ class TorchDefence(torch.nn.Module):
                 lo2, m2, _ = self.net(xs)
                 cols.append(torch.stack([(lo - lo2).abs().double(), (base - self.pooled(m2) @ self.pw).abs()], 1))
         return lo, d.bias + torch.cat(cols, 1) @ self.w
-
-
-def adaptive_attack(det: TorchDefence, x: torch.Tensor, clip: torch.Tensor | None, *, z_thr: float, s_thr: float,
-                    z_scale: float, s_scale: float, eps: float = 4 / 255, steps: int = 20, gen=None) -> torch.Tensor:  # fmt: skip
-    """L-inf PGD (radius ``eps``) on hinge(logit) + hinge(detector score), both scaled by their clean spread.
-
-    clip: None attacks every frame on its own; else int64 [N] clip ids and the hinges apply to each
-    clip's MEAN logit and MEAN score (the per-track rule), so the attacker perturbs the whole clip.
-    """
-    alpha = 2.5 * eps / steps
-    x0 = x.detach()
-    xa = torch.clamp(x0 + torch.empty_like(x0).uniform_(-eps, eps, generator=gen), 0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        z, s = det(xa)
-        z = z.double()
-        if clip is not None:
-            k = int(clip.max()) + 1
-            cnt = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, torch.ones_like(z))
-            z = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, z) / cnt
-            s = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, s) / cnt
-        loss = torch.relu(z - z_thr + 0.05 * z_scale) / z_scale + torch.relu(s - s_thr + 0.05 * s_scale) / s_scale
-        (g,) = torch.autograd.grad(loss.sum(), xa)
-        with torch.no_grad():
-            xa = torch.clamp(x0 + torch.clamp(xa - alpha * g.sign() - x0, -eps, eps), 0, 1)
-    return xa.detach()
 
 
 def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed: int = 0) -> str:
@@ -253,16 +244,15 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
     method: AUROC against clean test crops (tracks), detection rate and clean false positives at the
     method's validation thresholds, OOD detection rates, extra model passes and extra latency per face
     (numpy/OpenCV time measured here + extra passes x the ONNX pass time of ``query``). The shipped
-    method is also attacked adaptively (:func:`adaptive_attack`, BPDA through the squeezers), per
+    method is also attacked adaptively (:func:`trainer.attacks.adaptive_attack`, BPDA through the squeezers), per
     frame and per whole clip; combined success = called real AND not flagged.
     """
     import time
 
     from trainer.ood import ood_sets
-    from trainer.train import _logit, roc_auc
 
     net = WithChannelStats(D).eval()
-    z_thr, z_vthr = _logit(float(thresholds["frame_prob"])), _logit(float(thresholds["video_prob"]))
+    z_thr, z_vthr = logit(float(thresholds["frame_prob"])), logit(float(thresholds["video_prob"]))
     gen = torch.Generator().manual_seed(seed)
     fake = np.where(test.labels == 1)[0]
     adv = to_uint8(attacks.pgd(LogitsOnly(D), as_float_tensor(test.images[fake]), torch.ones(len(fake)), eps,
@@ -328,7 +318,7 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
 
     kw = {"z_scale": z_scale, "s_scale": s_scale, "eps": eps, "steps": adaptive_steps, "gen": gen}
     if len(idx):
-        xa = to_uint8(adaptive_attack(det, as_float_tensor(test.images[idx]), None, z_thr=z_thr, s_thr=d.threshold, **kw))
+        xa = to_uint8(attacks.adaptive_attack(det, as_float_tensor(test.images[idx]), None, z_thr=z_thr, s_thr=d.threshold, **kw))
         lo, s = measure(xa)
         out["adaptive_frame"] = {"attacked": len(idx), "fooled": float((lo <= z_thr).mean()),
                                  "detected": float((s > d.threshold).mean()),
@@ -337,7 +327,7 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
     if tracks:
         order = np.concatenate([np.where(test.video == v)[0] for v in tracks])
         clip = torch.from_numpy(np.concatenate([np.full((test.video == v).sum(), i) for i, v in enumerate(tracks)]))
-        xa = to_uint8(adaptive_attack(det, as_float_tensor(test.images[order]), clip, z_thr=z_vthr,
+        xa = to_uint8(attacks.adaptive_attack(det, as_float_tensor(test.images[order]), clip, z_thr=z_vthr,
                                       s_thr=d.track_threshold, **kw))  # fmt: skip
         lo, s = measure(xa)
         cid = clip.numpy()

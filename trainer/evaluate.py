@@ -27,11 +27,8 @@ deliberately gradient-masked model and see the sanity checks fail.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,169 +42,18 @@ from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits
-from trainer.defence import TorchLayerMahalanobis
+from trainer.defence import TorchMahalanobis, WithScore
 from trainer.fidelity import generator_fidelity, ssim_pairs
-from trainer.models import load_discriminator, load_generator
+from trainer.metrics import log_loss, logit, predict, roc_auc, sigmoid, video_scores
+from trainer.models import LogitsOnly, load_discriminator, load_generator
 from trainer.ood import ood_sets
-from trainer.train import EPS_REPORT, _logit, log_loss, roc_auc, video_scores
+from trainer.recipe import EPS_REPORT
+from trainer.sanity import eps_label, sanity_checks
 
 # A model here maps float32 [N,3,S,S] in [0,1] to (logits [N], tuple of features [N, C_l]),
 # like trainer.models.Discriminator. A query function maps float32 numpy NCHW to logits [N].
 FeatureModel = nn.Module
-QueryFn = Callable[[np.ndarray], np.ndarray]
-
-ZERO_GRAD_MAX = 0.01  # "~0" share of inputs with an exactly zero gradient
-UNBOUNDED_MIN = 0.95  # unbounded PGD must reach this success rate
-
-
-def _label(eps: float) -> str:
-    return f"{round(eps * 255)}/255" if eps < 1 else "unbounded"
-
-
-class _Logits(nn.Module):
-    """(logits, feats) model -> logits only, minus ``shift`` (so 0 is the calibrated threshold)."""
-
-    def __init__(self, model: nn.Module, shift: float = 0.0):
-        super().__init__()
-        self.model = model
-        self.shift = float(shift)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[0] - self.shift
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
-    model.eval()
-    logits, feats = [], []
-    for b in x.split(batch):
-        lo, fe = model(b)
-        logits.append(lo.double().numpy())
-        feats.append([f.double().numpy() for f in fe])
-    if not logits:
-        return np.zeros(0), []
-    return np.concatenate(logits), [np.concatenate([f[i] for f in feats]) for i in range(len(feats[0]))]
-
-
-class TorchMahalanobis(nn.Module):
-    """The scorer's combined score as a differentiable torch function of the features (float64)."""
-
-    def __init__(self, scorer: MahalanobisScorer):
-        super().__init__()
-        self.layers = TorchLayerMahalanobis(scorer)
-        self.weights = torch.from_numpy(np.asarray(scorer.weights, np.float64))
-        self.bias = float(scorer.bias)
-
-    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.bias + self.layers(feats) @ self.weights
-
-
-# ---- attacks not in trainer.attacks ----------------------------------------------------------
-
-
-def adaptive_pgd(model: nn.Module, maha: TorchMahalanobis, x: torch.Tensor, *, eps: float, logit_thr: float,
-                 score_thr: float, logit_scale: float, score_scale: float, steps: int = 20,
-                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """L-inf PGD on ``relu(z - z_thr + m)/s_z + relu(S - S_thr + m)/s_S`` (both defences at once).
-
-    ``s_z`` and ``s_S`` (spread of clean logits and scores) put the two hinge terms on one scale;
-    the margins are 5% of them so a success does not sit exactly on a threshold.
-    """
-    x = x.detach()
-    alpha = 2.5 * eps / steps
-    x_adv = torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps, generator=generator), 0, 1)
-    model.eval()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        z, feats = model(x_adv)
-        s = maha(feats)
-        loss = (torch.relu(z.double() - logit_thr + 0.05 * logit_scale) / logit_scale
-                + torch.relu(s - score_thr + 0.05 * score_scale) / score_scale)  # fmt: skip
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        with torch.no_grad():
-            x_adv = x_adv - alpha * grad.sign()
-            x_adv = torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0, 1)
-    return x_adv.detach()
-
-
-def hop_skip_jump(query: QueryFn, x0: np.ndarray, starts: np.ndarray, *, budget: int, eps: float,
-                  rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
-    """Decision-based L-inf attack (HopSkipJump, Chen et al. 2020, compact) on one image.
-
-    ``query(x)`` returns logits relative to the calibrated threshold (adversarial: <= 0);
-    only the decision is used. x0 float32 [3,S,S]; starts float32 [K,3,S,S] candidate starting
-    points (clean reals). Stops at ``budget`` queries. Returns the adversarial image found,
-    its L2 and L-inf distances, queries used, and whether L-inf <= ``eps``.
-    """
-    used = 0
-    d = x0.size
-
-    def adv(xs: np.ndarray) -> np.ndarray:
-        nonlocal used
-        used += len(xs)
-        return query(np.ascontiguousarray(xs, dtype=np.float32)) <= 0
-
-    def project(x_a: np.ndarray, r: float) -> np.ndarray:  # L-inf ball of radius r around x0
-        return np.clip(x_a, x0 - r, x0 + r)
-
-    def boundary(x_a: np.ndarray, tol: float) -> np.ndarray:
-        lo, hi = 0.0, float(np.abs(x_a - x0).max())
-        while hi - lo > tol and used < budget:
-            mid = (lo + hi) / 2
-            if adv(project(x_a, mid)[None])[0]:
-                hi = mid
-            else:
-                lo = mid
-        return project(x_a, hi)
-
-    flags = adv(starts)
-    if not flags.any():
-        return {
-            "found": False,
-            "queries": used,
-            "linf": float("inf"),
-            "l2": float("inf"),
-            "success": False,
-            "x": x0,
-        }
-    cands = starts[flags]
-    x = cands[np.argmin(np.abs(cands - x0).reshape(len(cands), -1).max(axis=1))]
-    tol = 1e-3
-    x = boundary(x, tol)
-    t = 0
-    while used < budget:
-        t += 1
-        dist = float(np.abs(x - x0).max())
-        n_eval = int(min(100 * math.sqrt(t), 200, budget - used))
-        if n_eval < 4:
-            break
-        delta = max(1e-3, 0.05 * dist)
-        u = rng.normal(size=(n_eval, *x0.shape)).astype(np.float32)
-        u /= np.linalg.norm(u.reshape(n_eval, -1), axis=1).reshape(-1, 1, 1, 1) / math.sqrt(
-            d
-        )  # unit L-inf-ish scale
-        u = np.clip(u, -1, 1)
-        probes = np.clip(x[None] + delta * u, 0, 1)
-        f = np.where(adv(probes), 1.0, -1.0)
-        f = f - f.mean() if 0 < (f > 0).mean() < 1 else f
-        grad = (f.reshape(-1, 1, 1, 1) * u).mean(axis=0)
-        direction = np.sign(grad)
-        step = dist / math.sqrt(t)
-        moved = None
-        while used < budget and step > tol / 4:
-            cand = np.clip(x + step * direction, 0, 1)
-            if adv(cand[None])[0]:
-                moved = cand
-                break
-            step /= 2
-        if moved is None:
-            continue
-        x_new = boundary(moved, tol)
-        if np.abs(x_new - x0).max() < dist:
-            x = x_new
-    linf = float(np.abs(x - x0).max())
-    return {"found": True, "queries": used, "linf": linf, "l2": float(np.linalg.norm(x - x0)),
-            "success": bool(linf <= eps + 1e-6), "x": x}  # fmt: skip
+QueryFn = attacks.QueryFn
 
 
 # ---- the evaluation --------------------------------------------------------------------------
@@ -251,15 +97,15 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     gen = lambda: torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     frame_thr = float(thresholds["frame_prob"])
-    z_thr = _logit(frame_thr)
+    z_thr = logit(frame_thr)
     a_thr = float(thresholds["anomaly"])
     scorer = scorer.with_threshold(a_thr, fpr=float(thresholds.get("anomaly_fpr", scorer.fpr)))
     maha = TorchMahalanobis(scorer)
 
     x = as_float_tensor(test.images)
     y = test.labels.astype(np.float64)
-    logits, feats = _predict(model, x)
-    probs = 1 / (1 + np.exp(-logits))
+    logits, feats = predict(model, x)
+    probs = sigmoid(logits)
     clean_scores = scorer.score(feats)
     vp, vl = video_scores(probs, test.video, test.labels)
     clean: dict[str, Any] = {
@@ -276,7 +122,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         detected = np.sort(rng.choice(detected, max_fakes, replace=False))
     xf = x[detected]
     ones = torch.ones(len(detected))
-    lm = _Logits(model)
+    lm = LogitsOnly(model)
     n = len(detected)
     log.info("evaluating", frames=len(y), attacked=n, quick=quick)
 
@@ -290,7 +136,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         if xa is None:  # the attack could not run (zero gradient everywhere): it moved nothing
             xa = xf.clone()
             row["error"] = error
-        la, fa = _predict(model, xa)
+        la, fa = predict(model, xa)
         fooled = la <= z_thr
         s = scorer.score(fa) if n else np.zeros(0)
         delta = (xa - xf).flatten(1)
@@ -317,9 +163,9 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         zero_share = attacks.zero_gradient_share(lm, xf, ones)
         for eps in eps_list:
             xa, err = safe(lambda eps=eps: attacks.fgsm(lm, xf, ones, eps))
-            record(f"fgsm@{_label(eps)}", "fgsm", eps, xa, err)
+            record(f"fgsm@{eps_label(eps)}", "fgsm", eps, xa, err)
             xa, err = safe(lambda eps=eps: attacks.pgd(lm, xf, ones, eps, steps=steps, generator=gen()))
-            record(f"pgd@{_label(eps)}", "pgd", eps, xa, err, steps=steps, restarts=1)
+            record(f"pgd@{eps_label(eps)}", "pgd", eps, xa, err, steps=steps, restarts=1)
         e4 = 4 / 255
         xa, err = safe(lambda: attacks.pgd(lm, xf, ones, e4, steps=2 * steps, generator=gen()))
         record("pgd20@4/255", "pgd_steps", e4, xa, err, steps=2 * steps, restarts=1)
@@ -328,15 +174,15 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         record(f"pgd_r{restarts}@4/255", "pgd_restarts", e4, xa, err, steps=steps, restarts=restarts)
         xa, err = safe(lambda: attacks.pgd(lm, xf, ones, 1.0, steps=2 * steps, alpha=0.05, generator=gen()))
         record("pgd@unbounded", "pgd_unbounded", 1.0, xa, err, steps=2 * steps, restarts=1)
-        xa, err = safe(lambda: attacks.deepfool(_Logits(model, z_thr), xf, steps=50))
+        xa, err = safe(lambda: attacks.deepfool(LogitsOnly(model, z_thr), xf, steps=50))
         record("deepfool", "deepfool", None, xa, err)
         # adaptive attack on classifier + detector
         logit_scale = float(np.std(logits)) or 1.0
         score_scale = float(np.std(clean_scores)) or 1.0
         for eps in (4 / 255, 8 / 255):
-            xa = adaptive_pgd(model, maha, xf, eps=eps, logit_thr=z_thr, score_thr=a_thr, logit_scale=logit_scale,
-                              score_scale=score_scale, steps=2 * steps, generator=gen())  # fmt: skip
-            record(f"adaptive@{_label(eps)}", "adaptive", eps, xa, None, steps=2 * steps)
+            xa = attacks.adaptive_attack(WithScore(model, maha), xf, None, z_thr=z_thr, s_thr=a_thr, z_scale=logit_scale,
+                                         s_scale=score_scale, eps=eps, steps=2 * steps, gen=gen())  # fmt: skip
+            record(f"adaptive@{eps_label(eps)}", "adaptive", eps, xa, None, steps=2 * steps)
     else:
         zero_share = float("nan")
 
@@ -354,9 +200,9 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     for i in bb_idx:
         x0 = xf[i].numpy()
         pick = starts_all[rng.choice(len(starts_all), min(8, len(starts_all)), replace=False)]
-        r = hop_skip_jump(qfn, x0, pick, budget=bb_q, eps=bb_eps, rng=rng)
+        r = attacks.hop_skip_jump(qfn, x0, pick, budget=bb_q, eps=bb_eps, rng=rng)
         bb_rows.append({k: v for k, v in r.items() if k != "x"} | {"index": int(detected[i])})
-    pgd8 = adv_store.get(f"pgd@{_label(bb_eps)}")
+    pgd8 = adv_store.get(f"pgd@{eps_label(bb_eps)}")
     bb = {
         "images": len(bb_rows), "query_budget": bb_q, "eps": bb_eps,
         "success_rate": float(np.mean([r["success"] for r in bb_rows])) if bb_rows else float("nan"),
@@ -373,7 +219,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     ood: dict[str, Any] = {}
     ood_scores: dict[str, np.ndarray] = {}
     for name, imgs in ood_sets(test.images, n=min(on, len(test)), seed=seed + 2).items():
-        _, f = _predict(model, as_float_tensor(imgs))
+        _, f = predict(model, as_float_tensor(imgs))
         s = scorer.score(f)
         ood_scores[name] = s
         ood[name] = _detection(s, clean_scores, a_thr)
@@ -433,11 +279,11 @@ def _figure_data(
     key = "pgd@8/255" if "pgd@8/255" in adv_store else None
     if k and key:
         xa, la, sa = adv_store[key]
-        cl, _ = _predict(model, x[detected[:k]])
+        cl, _ = predict(model, x[detected[:k]])
         figs["samples"] = {
             "attack": key,
             "clean": x[detected[:k]].numpy(), "adv": xa[:k].numpy(),
-            "clean_prob": 1 / (1 + np.exp(-cl)), "adv_prob": 1 / (1 + np.exp(-la[:k])),
+            "clean_prob": sigmoid(cl), "adv_prob": sigmoid(la[:k]),
             "clean_score": clean_scores[detected[:k]], "adv_score": sa[:k],
         }  # fmt: skip
         xs = x[detected[:k]].clone().requires_grad_(True)
@@ -450,76 +296,6 @@ def _figure_data(
             figs["saliency"]["cam"] = cam
             figs["saliency"]["regions"] = [region_shares(c) for c in cam]
     return figs
-
-
-def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{name, passed, numbers, note}] computed from the attack rows of ``result``."""
-    rows = result["attacks"]
-    n = max(1, result["attacked_fakes"])
-    tol = max(0.02, 1.0 / n)  # one example of slack, at least 2 points
-    checks: list[dict[str, Any]] = []
-
-    def add(name, passed, numbers, note=""):
-        checks.append({"name": name, "passed": bool(passed), "numbers": numbers, "note": note})
-
-    if not rows:
-        add("attacks ran", False, {"attacked": 0}, "no correctly detected fake in the test split")
-        return checks
-    for fam in ("fgsm", "pgd"):
-        curve = [(r["eps"], r["success_rate"]) for r in rows.values() if r["family"] == fam]
-        curve.sort()
-        ok = all(b[1] >= a[1] - tol for a, b in itertools.pairwise(curve))
-        add(f"{fam} success rises with eps", ok, {_label(e): s for e, s in curve}, f"tolerance {tol:.3f}")
-    base = rows.get("pgd@4/255", {}).get("success_rate", float("nan"))
-    for key in [k for k in rows if rows[k]["family"] in ("pgd_steps", "pgd_restarts")]:
-        v = rows[key]["success_rate"]
-        add(
-            f"{key} >= pgd@4/255 (10 steps)",
-            v >= base - tol,
-            {key: v, "pgd@4/255": base},
-            f"tolerance {tol:.3f}",
-        )
-    ub = rows.get("pgd@unbounded", {}).get("success_rate", float("nan"))
-    add(
-        "unbounded PGD reaches >= 95%",
-        ub >= UNBOUNDED_MIN,
-        {"pgd@unbounded": ub},
-        ""
-        if ub >= UNBOUNDED_MIN
-        else "an unbounded attack must always win: gradients are masked or the attack is broken",
-    )
-    fg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "fgsm"}
-    pg = {r["eps"]: r["success_rate"] for r in rows.values() if r["family"] == "pgd"}
-    ok = all(fg[e] <= pg[e] + tol for e in fg if e in pg)
-    add(
-        "FGSM <= PGD at every eps",
-        ok,
-        {_label(e): {"fgsm": fg[e], "pgd": pg.get(e)} for e in fg},
-        f"tolerance {tol:.3f}",
-    )
-    bb = result.get("blackbox", {})
-    bbs, wbs = bb.get("success_rate", float("nan")), bb.get("white_box_pgd_same_images", float("nan"))
-    if bb.get("images"):
-        add("black-box <= white-box (8/255, same images)", bbs <= wbs + tol, {"blackbox": bbs, "white_box_pgd": wbs},
-            "a black-box attack beating white-box PGD means gradients are masked")  # fmt: skip
-    adaptive = rows.get("adaptive@8/255", {}).get("fooled_and_undetected")
-    plain = rows.get("pgd@8/255", {}).get("fooled_and_undetected")
-    if adaptive is not None and plain is not None:
-        add("adaptive >= plain PGD on the whole defence (8/255)", adaptive >= plain - tol,
-            {"adaptive": adaptive, "pgd": plain}, f"tolerance {tol:.3f}")  # fmt: skip
-    zg = result.get("zero_gradient_share", float("nan"))
-    add(
-        "share of zero input gradients ~0",
-        zg <= ZERO_GRAD_MAX,
-        {"zero_gradient_share": zg},
-        f"at most {ZERO_GRAD_MAX}",
-    )
-    norm_ok = all(
-        r["in_range"] and (r["eps"] is None or r["linf_max"] <= r["eps"] + 1e-6) for r in rows.values()
-    )
-    add("every attack stays in [0,1] and its L-inf ball", norm_ok,
-        {k: r["linf_max"] for k, r in rows.items() if r["eps"] is not None})  # fmt: skip
-    return checks
 
 
 # ---- loading a registered version --------------------------------------------------------------

@@ -182,14 +182,18 @@ class WithChannelStats(nn.Module):
 
 
 class LogitsOnly(nn.Module):
-    """Wraps a :class:`Discriminator` so calling it returns logits float32 [N] only (for attacks)."""
+    """Wraps a (logits, features) model such as :class:`Discriminator` so calling it returns logits
+    float32 [N] only (for attacks), minus ``shift``: with ``shift`` the logit of a calibrated
+    threshold, 0 is that threshold (DeepFool aims at it)."""
 
-    def __init__(self, discriminator: Discriminator) -> None:
+    def __init__(self, discriminator: nn.Module, shift: float = 0.0) -> None:
         super().__init__()
         self.discriminator = discriminator
+        self.shift = float(shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(x)[0]
+        logits = self.discriminator(x)[0]
+        return logits - self.shift if self.shift else logits
 
 
 class Generator(nn.Module):

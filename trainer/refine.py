@@ -22,10 +22,6 @@ from forensics.streams import Keys
 RAISE, RELAX = 1.25, 0.9  # step factors of the radius
 
 
-def refine_key(keys: Keys) -> str:
-    return f"{keys.prefix}:retrain:refine"
-
-
 def anomaly_rate(model: LoadedModel, images: np.ndarray) -> float:
     """Share of crops (uint8 [N,S,S,3]) the model's anomaly detector flags (LoadedModel.score); NaN for none."""
     return float(model.score(images).anomalous.mean()) if len(images) else float("nan")
@@ -45,7 +41,7 @@ def next_eps(rate: float, baseline: float, eps: float, *, eps_min: float, eps_ma
 
 
 def load_state(r: redis.Redis, keys: Keys) -> dict[str, Any] | None:
-    raw = r.get(refine_key(keys))
+    raw = r.get(keys.retrain_refine)
     try:
         state = json.loads(raw) if raw else None
         return state if isinstance(state, dict) and isinstance(state.get("eps"), float) else None
@@ -54,4 +50,4 @@ def load_state(r: redis.Redis, keys: Keys) -> dict[str, Any] | None:
 
 
 def save_state(r: redis.Redis, keys: Keys, state: dict[str, Any]) -> None:
-    r.set(refine_key(keys), json.dumps(state))
+    r.set(keys.retrain_refine, json.dumps(state))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.train import _jsonable
+from trainer.metrics import jsonable
 
 FIGURES = ("robustness", "roc", "mahalanobis", "epochs", "samples", "saliency", "generator_ssim", "generator_samples")
 
@@ -243,7 +243,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     captions = _figures(result, history, out)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
-    (out / "metrics.json").write_text(json.dumps(_jsonable(public), indent=1))
+    (out / "metrics.json").write_text(json.dumps(jsonable(public), indent=1))
 
     failed = [c for c in result.get("sanity", []) if not c["passed"]]
     e = html.escape
@@ -255,7 +255,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
     if failed:
         parts.append("<div class='fail'><h2>FAILED sanity checks</h2><ul>")
         parts += [
-            f"<li><b>{e(c['name'])}</b>: {e(json.dumps(_jsonable(c['numbers'])))} {e(c.get('note', ''))}</li>"
+            f"<li><b>{e(c['name'])}</b>: {e(json.dumps(jsonable(c['numbers'])))} {e(c.get('note', ''))}</li>"
             for c in failed
         ]
         parts.append(
@@ -265,7 +265,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
         parts.append(f"<div class='ok'>All {len(result.get('sanity', []))} sanity checks passed.</div>")
     parts.append("<h2>Sanity checks</h2><table><tr><th>check</th><th>passed</th><th>numbers</th></tr>")
     parts += [f"<tr><td>{e(c['name'])}</td><td>{'yes' if c['passed'] else '<b>NO</b>'}</td>"
-              f"<td>{e(json.dumps(_jsonable(c['numbers'])))}</td></tr>" for c in result.get("sanity", [])]  # fmt: skip
+              f"<td>{e(json.dumps(jsonable(c['numbers'])))}</td></tr>" for c in result.get("sanity", [])]  # fmt: skip
     parts.append(
         "</table><h2>Attacks</h2><table><tr><th>attack</th><th>success</th><th>median L2</th>"
         "<th>median L-inf</th><th>anomaly detection</th><th>AUROC</th><th>fooled and undetected</th></tr>"

@@ -47,16 +47,8 @@ from trainer import refine
 from trainer.data import CropCache, CropSet, Video, read_dataset, recipe_cache, recipe_splits
 from trainer.gate import decide, gate_metrics, holdout_set, remember_holdout
 from trainer.poisoning import Sample, calibrate, screen
-from trainer.train import TrainConfig, Trainer
-
-
-def lock_key(keys: Keys) -> str:
-    return f"{keys.prefix}:retrain:lock"
-
-
-def last_run_key(keys: Keys) -> str:
-    """JSON {run_id, started_at}: the last run's start, shared by every trainer process."""
-    return f"{keys.prefix}:retrain:last"
+from trainer.recipe import TrainConfig
+from trainer.train import Trainer
 
 
 class CandidateTrainer(Trainer):
@@ -153,11 +145,11 @@ def run_retrain(settings: Settings, r: redis.Redis, *, trigger: str = "manual",
     """
     keys = Keys(settings.redis.prefix)
     reg = Registry(settings.models_dir)
-    lock = RedisLock(r, lock_key(keys), ttl_s=settings.retrain.lock_ttl_s)
+    lock = RedisLock(r, keys.retrain_lock, ttl_s=settings.retrain.lock_ttl_s)
     lock.acquire()
     started = time.time()
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    r.set(last_run_key(keys), json.dumps({"run_id": run_id, "started_at": started}))
+    r.set(keys.retrain_last, json.dumps({"run_id": run_id, "started_at": started}))
     record: dict[str, Any] = {"run_id": run_id, "trigger": trigger, "started_at": started, "lock": lock.owner,
                               "current": reg.current(), "candidate": None, "decision": "running"}  # fmt: skip
     log = get_logger(run=run_id)

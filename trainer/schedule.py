@@ -18,13 +18,12 @@ from typing import Any
 
 import redis
 
-from forensics.config import RetrainSettings, Settings
-from forensics.cron import parse_cron
+from forensics.config import RetrainSettings, Settings, next_cron_time
 from forensics.errors import ForensicsError
 from forensics.lock import LockHeld
 from forensics.logs import get_logger
 from forensics.streams import Keys
-from trainer.retrain import last_run_key, run_retrain
+from trainer.retrain import run_retrain
 
 RunFn = Callable[..., dict[str, Any]]
 
@@ -32,12 +31,12 @@ RunFn = Callable[..., dict[str, Any]]
 def next_run_at(rs: RetrainSettings, last_start: float | None, now: float) -> float:
     """Unix time of the next run: the next cron minute after ``now``, or last start + interval."""
     if rs.cron:
-        return parse_cron(rs.cron).next_after(datetime.fromtimestamp(now, timezone.utc)).timestamp()
+        return next_cron_time(rs.cron, now)
     return now if last_start is None else last_start + rs.interval_s
 
 
 def last_start(r: redis.Redis, keys: Keys) -> float | None:
-    raw = r.get(last_run_key(keys))
+    raw = r.get(keys.retrain_last)
     try:
         return float(json.loads(raw)["started_at"]) if raw else None
     except (ValueError, KeyError, TypeError):

@@ -19,12 +19,11 @@ Runs single-process or under ``torchrun`` (DistributedDataParallel; gloo on CPU,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,14 @@ import torch
 from torch import nn
 
 from forensics.logs import get_logger
-from forensics.registry import Registry
-from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
+from forensics.scoring import calibrate_threshold
 from trainer import attacks
+from trainer.calibration import calibrated_scorer, decision_thresholds, fit_scorer
 from trainer.data import (
     CropCache,
     CropConfig,
     CropSet,
+    DatasetError,
     as_float_tensor,
     read_dataset,
     split_by_group,
@@ -48,53 +48,20 @@ from trainer.data import (
 )
 from trainer.defence import SHIPPED as SHIPPED_DEFENCE
 from trainer.defence import fit_defences
+from trainer.heldout import heldout_metrics
+from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
     Discriminator,
     LogitsOnly,
-    WithChannelStats,
     build_discriminator,
     build_generator,
     warm_up_spectral_norm,
 )
-from trainer.ood import ood_sets, scorer_fit_positives
+from trainer.ood import ood_sets
+from trainer.recipe import TrainConfig
+from trainer.registration import register
 
-EPS_REPORT = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    image_size: int = 64
-    frames_per_video: int = 16
-    gan_epochs: int = 14
-    adv_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 2e-4
-    adv_lr: float = 1e-4
-    gen_weight: float = 0.1  # weight of generator samples among D's fakes
-    adv_mode: str = "pgd"  # pgd | fgsm (FGSM with random start: cheaper on CPU)
-    eps: float = 6 / 255  # final radius of the adversarial curriculum
-    eps_steps: int = 3  # the radius rises in this many steps over the adversarial epochs
-    pgd_train_steps: int = 5
-    eval_eps: float = 4 / 255
-    eval_pgd_steps: int = 10
-    eval_subset: int = 256  # validation crops attacked per epoch
-    val_share: float = 0.15
-    test_share: float = 0.2
-    anomaly_fpr: float = 0.05
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 2  # crop extraction processes
-    threads: int = 0  # torch intra-op threads; 0: torch's default
-    progress: bool = True
-    resume: bool = False
-    promote: bool = False  # promote when done (the first model is always promoted)
-    evaluate: bool = True  # quick robustness evaluation + report.html in report/eval/ (hashed in the manifest)
-    run_dir: str = ".forensics/train"
-    cache_dir: str = ".forensics/crops"
-    models_dir: str = "models"
-    parent: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Dist", "TrainConfig", "Trainer", "train"]
 
 
 # ---- distributed helpers -------------------------------------------------------------------
@@ -134,64 +101,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-# ---- metrics -----------------------------------------------------------------------------
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
-def balanced_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The probability threshold with the best balanced accuracy (Youden's J) on these labels."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thr = roc_curve(labels, probs)
-    j = tpr - fpr
-    best = int(np.argmax(j))
-    t = float(thr[best])
-    return min(max(t, 1e-6), 1 - 1e-6)
-
-
-def video_scores(probs: np.ndarray, video: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-video mean fake probability and label (the aggregation the detect worker uses)."""
-    ids = np.unique(video)
-    return (
-        np.array([probs[video == i].mean() for i in ids]),
-        np.array([labels[video == i][0] for i in ids]),
-    )
-
-
-def _logit(p: float) -> float:
-    return float(math.log(p / (1 - p)))
-
-
-# ---- model helpers -------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(model: Discriminator, x: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Logits [N] and per-layer features [N, C_l] (float64 numpy) in eval mode."""
-    was = model.training
-    model.eval()
-    logits, feats = [], []
-    for b in x.split(batch):
-        lo, fe = model(b)
-        logits.append(lo)
-        feats.append(fe)
-    model.train(was)
-    out_feats = [torch.cat([f[i] for f in feats]).double().numpy() for i in range(len(feats[0]))] if feats else []
-    return torch.cat(logits).double().numpy() if logits else np.zeros(0), out_feats
 
 
 def attack_batch(model: Discriminator, x: torch.Tensor, y: torch.Tensor, eps: float, mode: str, steps: int,
@@ -234,8 +143,6 @@ class Trainer:
         self.crops: dict[str, CropSet] = {k: cache.load(v) for k, v in self.splits.items()}
         for name, cs in self.crops.items():
             if len(cs) == 0 or len(np.unique(cs.labels)) < 2:
-                from trainer.data import DatasetError
-
                 raise DatasetError(f"the {name} split has {len(cs)} face crops and needs both REAL and FAKE: add videos")
         self.fingerprint = self.crops["train"].fingerprint()
         self.timings["data_s"] = time.monotonic() - t0
@@ -387,22 +294,14 @@ class Trainer:
         return {k: v / max(1, sums["n"]) for k, v in sums.items() if k != "n"}
 
     # -- validation ----------------------------------------------------------------------
-    def fit_scorer(self, model: Discriminator, *, limit: int = 2048) -> MahalanobisScorer:
-        """Class-conditional Gaussian fit on clean train features (a subsample for speed)."""
-        cs = self.crops["train"]
-        rng = np.random.default_rng(self.cfg.seed)
-        idx = np.sort(rng.permutation(len(cs))[:limit])
-        _, feats = predict(model, as_float_tensor(cs.images[idx]))
-        return fit_mahalanobis(feats, cs.labels[idx])
-
     def validate(self, model: Discriminator, eps: float) -> dict[str, float]:
         cfg = self.cfg
         logits, feats = predict(model, self.val_x)
-        probs = 1 / (1 + np.exp(-logits))
+        probs = sigmoid(logits)
         row = {"clean_auc": roc_auc(probs, self.val_y), "log_loss": log_loss(probs, self.val_y)}
         thr = balanced_threshold(probs, self.val_y)
         row["threshold"] = thr
-        scorer = self.fit_scorer(model)
+        scorer = fit_scorer(model, self.crops["train"], seed=self.cfg.seed)
         combined = scorer.score(feats)
         cut = calibrate_threshold(combined, fpr=cfg.anomaly_fpr)
         # PGD against the fixed subset's fakes that the model detects at the calibrated threshold.
@@ -414,7 +313,7 @@ class Trainer:
             y = torch.ones(len(fakes))
             x_adv = attacks.pgd(LogitsOnly(model), x, y, cfg.eval_eps, steps=cfg.eval_pgd_steps, generator=self.gen)
             adv_logits, adv_feats = predict(model, x_adv)
-            fooled = adv_logits <= _logit(thr)
+            fooled = adv_logits <= logit(thr)
             row["pgd_success"] = float(fooled.mean())
             adv_scores = scorer.score(adv_feats)
             row["anomaly_detection_rate"] = float((adv_scores > cut).mean())
@@ -470,27 +369,14 @@ class Trainer:
         warm_up_spectral_norm(standard, iters=5)
         standard.eval()
 
-        # Decision thresholds, on validation data only.
+        # Decision thresholds and the Mahalanobis scorer, on train and validation data only.
         val = self.crops["val"]
-        logits_val, feats_val = predict(D, self.val_x)
-        probs_val = 1 / (1 + np.exp(-logits_val))
-        frame_thr = balanced_threshold(probs_val, self.val_y)
-        vp, vl = video_scores(probs_val, val.video, val.labels)
-        video_thr = balanced_threshold(vp, vl)
-
-        # Mahalanobis scorer: Gaussians on clean train features; layer weights and threshold on validation.
-        scorer = self.fit_scorer(D)
-        negatives = scorer.layer_scores(feats_val)
-        pos_imgs = scorer_fit_positives(val.images, seed=cfg.seed + 1)
-        _, feats_pos = predict(D, as_float_tensor(pos_imgs))
+        frame_thr, video_thr = decision_thresholds(D, val, self.val_x)
         val_adv = attack_batch(D, self.val_x[self.val_sub], torch.from_numpy(self.val_y[self.val_sub.numpy()]).float(),
                                8 / 255, "fgsm", 1, self.gen)  # fmt: skip
-        _, feats_adv = predict(D, val_adv)
-        positives = np.concatenate([scorer.layer_scores(feats_pos), scorer.layer_scores(feats_adv)])
-        weights, bias = fit_layer_weights(negatives, positives)
-        scorer = scorer.with_layer_weights(weights, bias)
-        anomaly_thr = calibrate_threshold(scorer.score(feats_val), fpr=cfg.anomaly_fpr)
-        scorer = scorer.with_threshold(anomaly_thr, fpr=cfg.anomaly_fpr)
+        scorer = calibrated_scorer(D, self.crops["train"], val, self.val_x, val_adv, seed=cfg.seed,
+                                   fpr=cfg.anomaly_fpr)  # fmt: skip
+        anomaly_thr = scorer.threshold
         # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
         self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
         shipped = self.defences[SHIPPED_DEFENCE]
@@ -500,10 +386,10 @@ class Trainer:
         x_test = as_float_tensor(test.images)
         y_test = test.labels.astype(np.float64)
         metrics: dict[str, Any] = {
-            "adversarially_trained": self.evaluate(D, x_test, y_test, test, frame_thr, video_thr, scorer),
+            "adversarially_trained": heldout_metrics(D, x_test, y_test, test, frame_thr, video_thr, scorer, cfg),
         }
-        std_thr = balanced_threshold(1 / (1 + np.exp(-predict(standard, self.val_x)[0])), self.val_y)
-        metrics["standard"] = self.evaluate(standard, x_test, y_test, test, std_thr, None, None)
+        std_thr = balanced_threshold(sigmoid(predict(standard, self.val_x)[0]), self.val_y)
+        metrics["standard"] = heldout_metrics(standard, x_test, y_test, test, std_thr, None, None, cfg)
         metrics["standard"]["frame_threshold"] = std_thr
         adv_m, std_m = metrics["adversarially_trained"], metrics["standard"]
         metrics["clean_auc_drop"] = std_m["clean_frame_auc"] - adv_m["clean_frame_auc"]
@@ -523,155 +409,13 @@ class Trainer:
                       "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
                       "defence_track": shipped.track_threshold}  # fmt: skip
         self.timings["finish_s"] = time.monotonic() - t0
-        return self.register(D, scorer, metrics, thresholds)
-
-    def evaluate(self, model, x, y, crops: CropSet, frame_thr: float, video_thr: float | None,
-                 scorer: MahalanobisScorer | None) -> dict[str, Any]:  # fmt: skip
-        cfg = self.cfg
-        logits, _ = predict(model, x)
-        probs = 1 / (1 + np.exp(-logits))
-        vp, vl = video_scores(probs, crops.video, crops.labels)
-        out: dict[str, Any] = {
-            "clean_frame_auc": roc_auc(probs, y),
-            "clean_video_auc": roc_auc(vp, vl),
-            "log_loss": log_loss(probs, y),
-            "frame_accuracy": float(((probs > frame_thr) == (y == 1)).mean()),
-            "frames": int(len(y)),
-            "videos": int(len(vl)),
-        }
-        if video_thr is not None:
-            out["video_accuracy"] = float(((vp > video_thr) == (vl == 1)).mean())
-        fakes = np.where((y == 1) & (probs > frame_thr))[0]
-        out["pgd"] = {}
-        for eps in EPS_REPORT:
-            if not len(fakes):
-                break
-            xa = attacks.pgd(LogitsOnly(model), x[fakes], torch.ones(len(fakes)), eps, steps=cfg.eval_pgd_steps,
-                             generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-            la, fa = predict(model, xa)
-            fooled = la <= _logit(frame_thr)
-            out["pgd"][f"{round(eps * 255)}/255"] = {"success_rate": float(fooled.mean()), "attacked": int(len(fakes))}
-            if scorer is not None and abs(eps - cfg.eval_eps) < 1e-9:
-                s = scorer.score(fa)
-                out["anomaly_on_pgd"] = {
-                    "eps": f"{round(eps * 255)}/255",
-                    "detection_rate_all": float((s > scorer.threshold).mean()),
-                    "detection_rate_fooling": float((s[fooled] > scorer.threshold).mean()) if fooled.any() else None,
-                    "fooling_examples": int(fooled.sum()),
-                }
-        return out
-
-    def register(self, D: Discriminator, scorer: MahalanobisScorer, metrics: dict, thresholds: dict) -> dict[str, Any]:
-        cfg = self.cfg
-        reg = Registry(cfg.models_dir)
-        version, vdir = reg.new_version()
-        sample = self.val_x[: min(64, len(self.val_x))]
-        parity = export_onnx(D, vdir / "model.onnx", sample)
-        scorer.save(vdir / "scorer.npz")
-        self.defences[SHIPPED_DEFENCE].save(vdir / "defence.npz")
-        # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
-        torch.save({"state_dict": D.state_dict(), "image_size": cfg.image_size, "layer_gain": D.layer_gain},
-                   vdir / "discriminator.pt")  # fmt: skip
-        # The generator, for the report's sample-fidelity (SSIM) figures.
-        torch.save({"state_dict": self.G.state_dict(), "image_size": cfg.image_size, "latent_dim": self.G.latent_dim},
-                   vdir / "generator.pt")  # fmt: skip
-        (vdir / "report").mkdir(exist_ok=True)
-        report = {
-            "version": version,
-            "history": self.history,
-            "test": metrics,
-            "thresholds": thresholds,
-            "parity": parity,
-            "data": {
-                "roots": [str(p) for p in cfg.data],
-                "fingerprint": self.fingerprint,
-                **{f"{k}_videos": len(v.videos) for k, v in self.crops.items()},
-                **{f"{k}_crops": len(v) for k, v in self.crops.items()},
-                "failed_videos": self.failed_videos,
-            },
-            "config": asdict(cfg),
-            "timings": self.timings,
-            "world_size": self.dist.world,
-        }
-        (vdir / "report" / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1))
-        if cfg.evaluate:
-            self.write_eval_report(version, vdir, D, scorer, thresholds)
-        adv = metrics["adversarially_trained"]
-        manifest = reg.write_manifest(
-            version,
-            {
-                "input_size": cfg.image_size,
-                "preprocessing": {
-                    "input": "float32 [N,3,S,S] RGB in [0,1]",
-                    "normalization": "inside the model: (x - 0.5) / 0.5",
-                    "crop": {"detector": "haar", "margin": 1 / 3, "square": True},
-                },
-                "outputs": WithChannelStats(D).output_names(),
-                "feature_dims": list(D.feature_dims),
-                "data_fingerprint": self.fingerprint,
-                "metrics": _jsonable({
-                    "clean_frame_auc": adv["clean_frame_auc"],
-                    "clean_video_auc": adv["clean_video_auc"],
-                    "pgd_success": {k: v["success_rate"] for k, v in adv["pgd"].items()},
-                    "ood_detection": metrics["ood_detection"]["all"],
-                }),
-                "thresholds": thresholds,
-                "parent": cfg.parent if cfg.parent is not None else reg.current(),
-                "onnx": {"external_data": False, "opset": parity.get("opset")},
-                "torch_weights": "discriminator.pt",
-                "generator_weights": "generator.pt",
-            },
-        )
-        promoted = False
-        if cfg.promote or reg.current() is None:
-            reg.promote(version, reason="first model" if reg.current() is None else "--promote")
-            promoted = True
-        self.log.info("model registered", version=version, promoted=promoted, path=str(vdir))
-        return {"version": version, "path": str(vdir), "promoted": promoted, "manifest": manifest,
-                "metrics": report["test"], "thresholds": thresholds}  # fmt: skip
-
-
-    def write_eval_report(self, version: str, vdir: Path, D: Discriminator, scorer: MahalanobisScorer,
-                          thresholds: dict) -> None:  # fmt: skip
-        """The evaluation protocol of `forensics eval` in quick mode, before the manifest is written."""
-        from forensics.runtime import OnnxDiscriminator  # noqa: PLC0415
-        from trainer.evaluate import run_evaluation  # noqa: PLC0415
-        from trainer.report import write_report  # noqa: PLC0415
-
-        t0 = time.monotonic()
-        onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
-        result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, self.crops["test"],
-                                seed=self.cfg.seed, quick=True, generator=self.G.eval(),
-                                defences=self.defences, shipped_defence=SHIPPED_DEFENCE)  # fmt: skip
-        result["version"] = version
-        write_report(result, self.history, vdir / "report" / "eval")
-        self.timings["eval_s"] = time.monotonic() - t0
-
-
-def export_onnx(D: Discriminator, path: Path, sample: torch.Tensor) -> dict:
-    from trainer.export import export_discriminator
-
-    return export_discriminator(D, path, sample)
+        return register(self, D, scorer, metrics, thresholds)
 
 
 def _bar(total: int, desc: str, enabled: bool, unit: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit=unit, dynamic_ncols=True)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, evidence_key, make_alert
+from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
 from forensics.config import Settings
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
@@ -185,19 +185,15 @@ class DetectWorker:
         return len(entries)
 
     def _dead_letter(self, e: Entry) -> None:
-        raw = self.r.hget(self._errors_key, e.id)
+        raw = self.r.hget(self.keys.errors, e.id)
         error = raw.decode(errors="replace") if raw else "failed repeatedly (no error recorded)"
         dead_letter(self.r, self.keys, e, error, maxlen=self.cfg.dead_maxlen)
-        self.r.hdel(self._errors_key, e.id)
+        self.r.hdel(self.keys.errors, e.id)
         self.stats["dead"] += 1
         self.log.warning("entry dead-lettered", entry=e.id.decode(), deliveries=e.deliveries, error=error)
         lost = _file_batch_of(e)
         if lost is not None:  # the file still gets its verdict, counting the lost batch
             self._file_step(lost[0], lost[1], None, error)
-
-    @property
-    def _errors_key(self) -> str:
-        return f"{self.keys.prefix}:errors"
 
     # -- one read's worth of entries ----------------------------------------------------------
     def process(self, entries: list[Entry]) -> None:
@@ -224,12 +220,12 @@ class DetectWorker:
                     w.error = f"{type(err).__name__}: {err}"
             self.stats["failures"] += 1
             w.error = redact(w.error)[:_MAX_ERROR_CHARS]
-            self.r.hset(self._errors_key, w.entry.id, w.error)
+            self.r.hset(self.keys.errors, w.entry.id, w.error)
             self.log.warning("batch failed; left pending for retry", entry=w.entry.id.decode(), error=w.error)
         # Acknowledge only after results and alerts are written; frames are large, delete them too.
         ack(self.r, self.keys.frames, done, delete=True)
         if done:
-            self.r.hdel(self._errors_key, *done)
+            self.r.hdel(self.keys.errors, *done)
 
     def _score_all(self, works: list[_Work]) -> dict[bytes, CropScores]:
         """Score the crops of many batches in model calls of at most ``max_batch`` images."""
@@ -331,7 +327,7 @@ class DetectWorker:
         """
         if not picks:
             return
-        key = evidence_key(self.keys, b.source)
+        key = self.keys.evidence(b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
             png = encode_crop_png(b.images[i])
@@ -340,14 +336,11 @@ class DetectWorker:
         pipe.expire(key, self.cfg.evidence_ttl_s)
         pipe.execute()
 
-    def _agg_key(self, source: str) -> str:
-        return f"{self.keys.prefix}:agg:{source}"
-
     def _file_step(self, b: FrameBatch | str, seq: int, records: list[CropRecord] | None, lost: str = "") -> None:
         """Add a file's batch ``seq`` (its ``records``; None: dead-lettered with error ``lost``), or
         its end-of-file marker, and finish the file once every batch is in."""
         source = b if isinstance(b, str) else b.source
-        key = self._agg_key(source)
+        key = self.keys.aggregate(source)
         pipe = self.r.pipeline(transaction=True)
         if records is None:
             pipe.hset(key, f"x:{seq}", lost[:_MAX_ERROR_CHARS])
@@ -402,7 +395,7 @@ class DetectWorker:
         by_prob = sorted(records, key=lambda r: -r.prob)[: (k + 1) // 2]
         by_anom = sorted(records, key=lambda r: -r.anomaly)[: k // 2]
         keep = {evidence_field(r.frame, r.track).encode() for r in by_prob + by_anom}
-        key = evidence_key(self.keys, source)
+        key = self.keys.evidence(source)
         extra = [f for f in self.r.hkeys(key) if f not in keep]
         if extra:
             self.r.hdel(key, *extra)
@@ -410,8 +403,8 @@ class DetectWorker:
     def _live_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
         if b.kind != "frames" or not records:
             return
-        win_key = f"{self.keys.prefix}:win:{b.source}"
-        state_key = f"{self.keys.prefix}:live:{b.source}"
+        win_key = self.keys.window(b.source)
+        state_key = self.keys.live_state(b.source)
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
         # Members are unique per (seq, crop): a redelivered batch rewrites the same members.

@@ -22,7 +22,6 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +35,7 @@ from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
 from forensics.outage import REDIS_DOWN, Outage
 from forensics.streams import Keys, ensure_group, wait_below_high_water
+from forensics.timestamps import now_iso
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
 from workers.dropfolder import DropFolder
@@ -165,7 +165,7 @@ class FileIngest:
         already = int(progress.get("written", 0))
         out = FileOutcome(path, source, "done", skipped_batches=already)
         stats: dict = {}
-        self._set_source(source, path, state="ingesting", started_at=_now_iso())
+        self._set_source(source, path, state="ingesting", started_at=now_iso())
         log.info("ingesting file", resume_from_batch=already or None)
         seq = 0
         try:
@@ -272,7 +272,7 @@ class FileIngest:
             source,
             path,
             state=out.status,
-            finished_at=_now_iso(),
+            finished_at=now_iso(),
             batches=seq,
             frames_decoded=info["frames_decoded"],
             frames_sampled=info["frames_sampled"],
@@ -321,7 +321,3 @@ def _free_name(target: Path) -> Path:
         if not os.path.lexists(alt):
             return alt
     raise OSError(f"no free name for {target}")
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

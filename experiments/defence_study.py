@@ -1,6 +1,6 @@
 """Issue 8 study: which second line of defence catches PGD examples that fool the adversarially trained model.
 
-Run ``python -m trainer.defence_study --models DIR --data D1 --data D2 --cache /tmp/b8/study.npz``.
+Run ``python experiments/defence_study.py --models DIR --data D1 --data D2 --cache /tmp/b8/study.npz``.
 Step 1 (:func:`collect`, torch, slow once) reproduces the trainer's splits of a registered version,
 crafts the attacks and caches the model's outputs for every image set (raw and squeezed) in one
 ``.npz``. Step 2 (:func:`compare`, numpy, seconds) fits every method on the *validation* split only
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from forensics.defence import Defence
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
+
+from forensics.defence import Defence  # noqa: E402
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
 from trainer.data import as_float_tensor, load_recipe_splits
-from trainer.defence import TorchDefence, TorchLayerMahalanobis, adaptive_attack, to_uint8
+from trainer.defence import TorchDefence, TorchLayerMahalanobis, to_uint8
+from trainer.metrics import logit, roc_auc
 from trainer.models import LogitsOnly, WithChannelStats, load_discriminator
 from trainer.ood import ood_sets, scorer_fit_positives
-from trainer.train import _logit, roc_auc
 
 EPS = 4 / 255
 FPR = 0.05
@@ -283,7 +286,7 @@ def compare(cache: Path) -> dict[str, Any]:
     """The methods table: every method fitted on validation, measured on the same test examples."""
     c = dict(np.load(cache, allow_pickle=False))
     th = json.loads(str(c["thresholds"]))
-    z_thr, z_vthr = _logit(th["frame_prob"]), _logit(th["video_prob"])
+    z_thr, z_vthr = logit(th["frame_prob"]), logit(th["video_prob"])
     mf = method_features(c)
     feats = mf["features"]
     artifact_scorer = None  # the current scorer is refit here exactly as the trainer did (pooled, same data)
@@ -369,7 +372,7 @@ def adaptive(cache: Path, models_dir, method: str = "channel_stats+squeeze", *, 
     """Adaptive attacks (per frame, and per clip for the track rule) on ``method``; numbers from uint8 crops."""
     c = dict(np.load(cache, allow_pickle=False))
     th = json.loads(str(c["thresholds"]))
-    z_thr, z_vthr = _logit(th["frame_prob"]), _logit(th["video_prob"])
+    z_thr, z_vthr = logit(th["frame_prob"]), logit(th["video_prob"])
     mf = method_features(c)
     methods = fit_methods(mf["features"])
     score = methods[method]
@@ -399,7 +402,7 @@ def adaptive(cache: Path, models_dir, method: str = "channel_stats+squeeze", *, 
     det_idx = np.where((c["test/labels"] == 1) & (test_logit > z_thr))[0][:max_frames]
     x = as_float_tensor(c["test/images"][det_idx])
     t0 = time.monotonic()
-    xa = to_uint8(adaptive_attack(det, x, None, z_thr=z_thr, s_thr=thr, z_scale=z_scale, s_scale=s_scale, steps=steps, gen=gen))
+    xa = to_uint8(attacks.adaptive_attack(det, x, None, z_thr=z_thr, s_thr=thr, z_scale=z_scale, s_scale=s_scale, steps=steps, gen=gen))
     s = measure("adaptive_frame", xa)
     fooled = c["adaptive_frame/raw/logits"] <= z_thr
     out["per_frame"] = {"attacked": len(det_idx), "fooled": float(fooled.mean()), "detected": float((s > thr).mean()),
@@ -409,7 +412,7 @@ def adaptive(cache: Path, models_dir, method: str = "channel_stats+squeeze", *, 
     order = np.concatenate(trk)
     clip = torch.from_numpy(np.concatenate([np.full(len(t), i) for i, t in enumerate(trk)])).long()
     t0 = time.monotonic()
-    xa = to_uint8(adaptive_attack(det, as_float_tensor(c["test/images"][order]), clip, z_thr=z_vthr, s_thr=t_thr,
+    xa = to_uint8(attacks.adaptive_attack(det, as_float_tensor(c["test/images"][order]), clip, z_thr=z_vthr, s_thr=t_thr,
                                   z_scale=z_scale, s_scale=s_scale, steps=steps, gen=gen))  # fmt: skip
     s = measure("adaptive_clip", xa)
     lo = c["adaptive_clip/raw/logits"]
@@ -435,7 +438,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.defence_study")
+    p = argparse.ArgumentParser(prog="python experiments/defence_study.py")
     p.add_argument("--models", required=True)
     p.add_argument("--version")
     p.add_argument("--data", action="append", required=True)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import threading
@@ -23,10 +24,11 @@ from forensics.redisconn import connect_settings
 from forensics.registry import Registry
 from forensics.streams import Keys
 from forensics.supervisor import Supervisor
+from trainer.recipe import TrainConfig
 
 
-def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = 14,
-             adv_epochs: int = 5, timeout_s: float = 300.0, config: str | None = None) -> int:  # fmt: skip
+def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epochs: int = TrainConfig.gan_epochs,
+             adv_epochs: int = TrainConfig.adv_epochs, timeout_s: float = 300.0, config: str | None = None) -> int:  # fmt: skip
     log = get_logger()
     root = Path(settings.state_dir)
     data = root / "dataset"
@@ -35,7 +37,7 @@ def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epo
     t0 = time.monotonic()
     if reg.current() is None:
         from trainer.synth import generate_dataset
-        from trainer.train import TrainConfig, train
+        from trainer.train import train
 
         if not (data / "done").exists():
             print(f"[demo] generating {videos} synthetic DFDC-format videos in {data} ...", flush=True)
@@ -107,3 +109,14 @@ def _drop_and_wait(settings: Settings, url: str, watch: Path, samples: int, time
     right = sum(got[f]["label"] == expected[f] for f in got)
     print(f"[demo] {len(got)}/{len(expected)} verdicts, {right} as expected", flush=True)
     return 0 if len(got) == len(expected) else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    return run_demo(settings, videos=args.videos, samples=args.samples, config=args.config)
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("demo", help="generate data, train a small model, run the daemon on sample videos")
+    s.add_argument("--videos", type=int, default=240, help="synthetic training videos")
+    s.add_argument("--samples", type=int, default=6, help="sample videos dropped into the watch folder")
+    s.set_defaults(func=cmd_demo, role="demo", needs_train=True)

@@ -1,0 +1,186 @@
+"""Training verbs: ``synth``, ``train``, ``eval``, ``retrain``, ``trainer``. They need the ``train``
+extra; without it they end in one line saying so (see :func:`forensics.cli.main`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from forensics.cli.stop import stop_event
+from forensics.config import Settings
+from forensics.errors import ConfigError
+from trainer.recipe import TrainConfig
+
+# The recipe's defaults come from TrainConfig alone (the CLI used to disagree with it).
+RECIPE = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.synth import generate_dataset
+
+    out = generate_dataset(
+        args.out,
+        args.videos,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        seconds=args.seconds,
+        difficulty=args.difficulty,
+        parts=args.parts,
+    )
+    print(out)
+    return 0
+
+
+def _pixel_eps(text: str) -> float:
+    """'4/255' or '0.0157' -> float."""
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a radius like 4/255 or 0.0157") from None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.train import train
+
+    cfg = TrainConfig(
+        data=[str(d) for d in args.data],
+        image_size=args.size,
+        frames_per_video=args.frames,
+        gan_epochs=args.gan_epochs,
+        adv_epochs=args.adv_epochs,
+        batch_size=args.batch_size,
+        adv_mode=args.adv_mode,
+        eps=args.eps,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        resume=args.resume,
+        promote=args.promote,
+        evaluate=not args.no_eval,
+        progress=not args.no_progress,
+        run_dir=str(settings.state_dir / "train"),
+        cache_dir=str(settings.state_dir / "crops"),
+        models_dir=str(settings.models_dir),
+    )
+    out = train(cfg)
+    if out:
+        adv = out["metrics"]["adversarially_trained"]
+        summary = {
+            "version": out["version"],
+            "promoted": out["promoted"],
+            "clean_video_auc": adv["clean_video_auc"],
+            "clean_frame_auc": adv["clean_frame_auc"],
+            "pgd_success": {k: v["success_rate"] for k, v in adv["pgd"].items()},
+            "standard_pgd_success": {k: v["success_rate"] for k, v in out["metrics"]["standard"]["pgd"].items()},
+            "ood_detection": out["metrics"]["ood_detection"],
+            "anomaly_on_pgd": adv.get("anomaly_on_pgd"),
+        }
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.evaluate import evaluate, summary
+
+    models = Path(args.models) if args.models else settings.models_dir
+    out = Path(args.out) if args.out else models / args.model / "report" / "eval"
+    extra = {k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries") if getattr(args, k) is not None}
+    result = evaluate(
+        models, args.model, [str(d) for d in args.data], out_dir=out, seed=args.seed, max_fakes=args.max_fakes,
+        quick=args.quick, cache_dir=args.cache or str(settings.state_dir / "crops"), **extra,
+    )  # fmt: skip
+    print(json.dumps(summary(result), indent=1, default=str))
+    return 0
+
+
+def _print_run(record: dict) -> None:
+    screen = record.get("screen", {})
+    gate = record.get("gate", {})
+    summary = {
+        "run_id": record["run_id"], "decision": record["decision"], "reason": record.get("reason"),
+        "current": record.get("current"), "candidate": record.get("candidate"),
+        "screen": {k: screen.get(k) for k in ("samples_in", "accepted", "quarantined", "capped")},
+        "gate": {m: {k: gate[m].get(k) for k in ("clean_frame_auc", "attack_success_rate")}
+                 for m in ("current", "candidate") if m in gate},
+    }  # fmt: skip
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.now:
+        raise ConfigError("retraining runs on a schedule with `forensics trainer`; add --now for one run now")
+    from forensics.redisconn import redis_for
+    from trainer.retrain import run_retrain
+
+    with redis_for(settings) as (r, _url):
+        _print_run(run_retrain(settings, r, trigger="manual"))
+    return 0
+
+
+def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+    from forensics.redisconn import redis_for
+    from trainer.schedule import Scheduler
+
+    stop = stop_event()
+    with redis_for(settings) as (r, _url):
+        Scheduler(settings, r).run(stop)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("synth", help="write a synthetic DFDC-format dataset (REAL clips and face-swapped FAKEs)")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--videos", type=int, default=8, help="total clips, REAL and FAKE")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--width", type=int, default=320)
+    s.add_argument("--height", type=int, default=240)
+    s.add_argument("--fps", type=int, default=15)
+    s.add_argument("--seconds", type=float, default=2.0)
+    s.add_argument("--difficulty", type=float, default=0.5, help="0 obvious swaps .. 1 subtle swaps")
+    s.add_argument("--parts", type=int, default=1, help="number of dfdc_train_part_K folders")
+    s.set_defaults(func=cmd_synth, role="synth", needs_train=True)
+
+    s = sub.add_parser("train", help="train, calibrate, export and register a model from DFDC-format data")
+    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--size", type=int, default=RECIPE["image_size"], help="input size S (64, 128, 256)")
+    s.add_argument("--frames", type=int, default=RECIPE["frames_per_video"], help="face crops taken from this many frames per video")
+    s.add_argument("--gan-epochs", type=int, default=RECIPE["gan_epochs"])
+    s.add_argument("--adv-epochs", type=int, default=RECIPE["adv_epochs"])
+    s.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="fgsm: FGSM with random start (cheap)")
+    s.add_argument("--eps", type=_pixel_eps, default=RECIPE["eps"], help="final adversarial training radius, e.g. 6/255")
+    s.add_argument("--seed", type=int, default=RECIPE["seed"])
+    s.add_argument("--device", choices=["cpu", "cuda"], default=RECIPE["device"])
+    s.add_argument("--threads", type=int, default=RECIPE["threads"], help="torch threads (0: default)")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--promote", action="store_true", help="promote the new version (the first one always is)")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-eval", action="store_true", help="skip the quick robustness report at the end")
+    s.set_defaults(func=cmd_train, role="trainer", needs_train=True)
+
+    s = sub.add_parser("eval", help="robustness evaluation of a model version on its held-out test split (report)")
+    s.add_argument("--model", required=True, metavar="VERSION")
+    s.add_argument("--data", required=True, action="append", type=Path, metavar="DIR", help="repeatable")
+    s.add_argument("--out", metavar="DIR", help="default: <models>/<version>/report/eval/")
+    s.add_argument("--models", metavar="DIR", help="model registry (default: from settings)")
+    s.add_argument("--cache", metavar="DIR", help="face crop cache (default: <state_dir>/crops)")
+    s.add_argument("--quick", action="store_true", help="small subsets: fewer fakes, queries and OOD crops")
+    s.add_argument("--max-fakes", type=int, default=200, help="correctly detected test fakes attacked")
+    s.add_argument("--blackbox-images", type=int, help="images for the black-box attack")
+    s.add_argument("--blackbox-queries", type=int, help="query budget per image for the black-box attack")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_eval, role="eval", needs_train=True)
+
+    s = sub.add_parser("retrain", help="one retraining run: intake, poisoning screen, candidate, gate")
+    s.add_argument("--now", action="store_true", help="run now (the schedule is `forensics trainer`)")
+    s.set_defaults(func=cmd_retrain, role="trainer", needs_train=True)
+
+    s = sub.add_parser("trainer", help="scheduled retraining (retrain.interval_s or retrain.cron)")
+    s.set_defaults(func=cmd_trainer, role="trainer", needs_train=True)

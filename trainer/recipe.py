@@ -1,0 +1,52 @@
+"""The training recipe: every knob of a run and its default, in one place.
+
+``forensics train`` and ``forensics demo`` take their defaults from :class:`TrainConfig`; retraining
+(trainer/retrain.py) starts from the current model's recorded config. No torch here, so the CLI
+can read the defaults without the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# L-inf radii (of [0,1] pixels) of the PGD success rates in a model's test metrics and reports.
+EPS_REPORT = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    image_size: int = 64
+    frames_per_video: int = 16
+    gan_epochs: int = 14
+    adv_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-4
+    adv_lr: float = 1e-4
+    gen_weight: float = 0.1  # weight of generator samples among D's fakes
+    adv_mode: str = "pgd"  # pgd | fgsm (FGSM with random start: cheaper on CPU)
+    eps: float = 6 / 255  # final radius of the adversarial curriculum
+    eps_steps: int = 3  # the radius rises in this many steps over the adversarial epochs
+    pgd_train_steps: int = 5
+    eval_eps: float = 4 / 255
+    eval_pgd_steps: int = 10
+    eval_subset: int = 256  # validation crops attacked per epoch
+    val_share: float = 0.15
+    test_share: float = 0.2
+    anomaly_fpr: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 2  # crop extraction processes
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+    progress: bool = True
+    resume: bool = False
+    promote: bool = False  # promote when done (the first model is always promoted)
+    evaluate: bool = True  # quick robustness evaluation + report.html in report/eval/ (hashed in the manifest)
+    run_dir: str = ".forensics/train"
+    cache_dir: str = ".forensics/crops"
+    models_dir: str = "models"
+    parent: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
