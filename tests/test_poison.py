@@ -123,7 +123,7 @@ def test_poison_entries_are_dead_lettered_with_their_errors_and_the_good_file_in
         assert b"data" not in d and int(d[b"data_bytes"]) == len(poison[name][0]["data"])
         assert json.loads(d[b"meta"].decode().replace("NaN", "null"))["source"] == name
     assert backlog(r, keys.frames) == 0 and worker.stats["dead"] == 4
-    assert not r.exists(f"{psettings.redis.prefix}:errors")  # recorded errors are cleaned up
+    assert not r.exists(Keys(psettings.redis.prefix).errors)  # recorded errors are cleaned up
 
 
 def test_a_file_whose_batch_was_dead_lettered_still_gets_one_verdict_counting_the_lost_batch(r, psettings):
@@ -212,7 +212,7 @@ def test_no_input_crashes_the_worker_step(r, psettings, batch):
         r.xadd(keys.frames, fields)
     entries = read_group(r, keys.frames, "fuzz", count=16, block_ms=10)
     worker.process(entries)  # must not raise
-    errors = r.hgetall(f"{psettings.redis.prefix}:errors")
+    errors = r.hgetall(Keys(psettings.redis.prefix).errors)
     for e in entries:  # each entry is either acknowledged (gone) or pending with its error recorded
         assert e.id in errors or not r.xrange(keys.frames, e.id, e.id)
 

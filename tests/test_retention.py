@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-from forensics.alerts import evidence_key
 from forensics.config import load_settings
 from forensics.streams import Keys, ensure_group, prune_idle_consumers, read_group
 from tests.media import write_test_video
@@ -64,8 +63,8 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
         ttl = r.ttl(k)
         assert 0 < ttl <= max(s.ingest.source_ttl_s, s.detect.evidence_ttl_s, 7 * 24 * 3600), name
     src = verdicts[-1]["source"]
-    assert r.hlen(evidence_key(keys, src)) <= 4
-    assert not r.keys(f"{prefix}:agg:*") and not r.exists(f"{prefix}:errors")
+    assert r.hlen(keys.evidence(src)) <= 4
+    assert not r.keys(f"{prefix}:agg:*") and not r.exists(keys.errors)
     assert r.xlen(keys.frames) == 0  # acknowledged and deleted
     print(json.dumps({"files": 100, "keys_after": {k: v["keys"] for k, v in counts.items()}, "seconds": round(elapsed, 1)}))
 
