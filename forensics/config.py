@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from forensics.errors import ConfigError
+from forensics.redact import redact
 
 ENV_PREFIX = "FORENSICS_"
 
@@ -76,6 +77,10 @@ class RedisSettings(_Section):
     )  # fmt: skip
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
     socket_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a reply.")
+    retry_base_s: float = Field(0.1, gt=0, description="After a lost connection, the first retry waits up to 2x this.")
+    retry_cap_s: float = Field(
+        5.0, gt=0, description="Longest wait between reconnection attempts (exponential backoff with jitter), seconds."
+    )
 
     @field_validator("url")
     @classmethod
@@ -113,6 +118,14 @@ class IngestSettings(_Section):
         1.0, ge=0, description="A dropped file is taken once its size and mtime are unchanged this long."
     )
     poll_interval: float = Field(0.5, gt=0, description="Seconds between scans of the watch folder.")
+    incomplete_timeout_s: float = Field(
+        600.0, gt=0,
+        description="An MP4 without its index or a TS cut mid-packet waits for its writer this long "
+        "(unchanged), then the decoder judges it.",
+    )  # fmt: skip
+    source_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="A dropped file's state hash (forensics:sources:<id>) expires after this, s."
+    )
     high_water: int = Field(
         2000, ge=1, description="File sources block while this many stream entries are unacknowledged."
     )
@@ -239,6 +252,16 @@ class DetectSettings(_Section):
     evidence_ttl_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long the evidence crops of alerts are kept in Redis, seconds."
     )
+    evidence_per_file: int = Field(
+        8, ge=1, description="Files: evidence crops kept per file (the most fake-looking and most anomalous)."
+    )
+    dead_maxlen: int = Field(
+        10_000, ge=10, description="Dead-letter stream length cap (entries keep meta and error, never pixels)."
+    )
+    consumer_idle_s: float = Field(
+        24 * 3600.0, gt=0,
+        description="Consumers of the group idle this long with nothing pending are removed, seconds.",
+    )  # fmt: skip
 
 
 class AlertSettings(_Section):
@@ -437,7 +460,7 @@ def _format_validation_error(err: ValidationError) -> str:
         elif "input" in e and not isinstance(e["input"], dict | list):
             msg = f"{msg} (got {e['input']!r})"
         problems.append(f"{key}: {msg}")
-    return "bad setting " + "; ".join(problems)
+    return redact("bad setting " + "; ".join(problems))
 
 
 def _unknown_env_keys() -> list[str]:
@@ -475,6 +498,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
     except ValueError as err:  # malformed TOML or a bad env value pydantic-settings cannot parse
-        raise ConfigError(f"cannot read settings: {err}") from None
+        raise ConfigError(redact(f"cannot read settings: {err}")) from None
     finally:
         _TOML_FILE["path"] = None

@@ -28,6 +28,7 @@ from redis.lock import Lock
 
 from forensics.errors import ForensicsError
 from forensics.logs import get_logger
+from forensics.outage import REDIS_DOWN, Outage
 
 
 class LockHeld(ForensicsError):
@@ -77,12 +78,19 @@ class RedisLock:
         return f"{name}, expires in {max(0, ttl) / 1000:.0f} s"
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        period = self.ttl_s / 3
+        # A lost connection is retried sooner than the period (backoff capped at a third of it)
+        # until the expiry could have passed; then the renewal finds the lock gone: "lock lost".
+        # The outage is logged once when it starts and once, with its length, when it ends.
+        outage = Outage(f"lock renewal ({self.key})", self.log, cap_s=max(0.1, period / 3))
+        delay = period
+        while not self._stop.wait(delay):
             try:
                 self.lock.reacquire()
-            except (redis.ConnectionError, redis.TimeoutError) as err:
-                # Keep trying until the expiry could have passed; then we can no longer claim it.
-                self.log.warning("lock renewal failed", error=str(err))
+                outage.ok()
+                delay = period
+            except REDIS_DOWN as err:
+                delay = outage.failed(err)
             except LockError:  # LockNotOwnedError: expired, or someone else's token now
                 self.log.error("lock lost", key=self.key)
                 self.lost.set()

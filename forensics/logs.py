@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from forensics.redact import redact
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -25,6 +27,7 @@ def configure_logging(role: str, level: str = "info", fmt: str = "auto") -> None
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
+            _redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -38,6 +41,23 @@ def configure_logging(role: str, level: str = "info", fmt: str = "auto") -> None
 
 
 _ROLE = {"role": "cli"}
+
+
+def _redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """No log line carries a password: every string value goes through the one redaction function."""
+    return {k: _redacted(v) for k, v in event.items()}
+
+
+def _redacted(v: Any) -> Any:
+    if isinstance(v, str):
+        return redact(v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_redacted(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _redacted(x) for k, x in v.items()}
+    if isinstance(v, BaseException):
+        return redact(f"{type(v).__name__}: {v}")
+    return v
 
 
 class _CurrentStderr:

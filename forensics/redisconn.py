@@ -10,26 +10,20 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from forensics.config import Settings
 from forensics.errors import RedisUnavailable
 from forensics.logs import get_logger
+from forensics.redact import redact
+
+__all__ = ["EmbeddedRedis", "connect", "connect_settings", "find_redis_server", "redact", "redis_for"]
 
 # Unix socket paths longer than this do not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 100
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def connect(
@@ -37,6 +31,9 @@ def connect(
 ) -> redis.Redis:
     """A checked client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user:password allowed).
 
+    Each command rides out a short blip itself (3 retries, jittered backoff up to 1 s, on
+    connection errors and timeouts; idle connections are health-checked before use); a longer
+    outage reaches the caller's loop, which waits it out (:mod:`forensics.outage`).
     With ``cluster``, ``url`` is any node of a Redis Cluster and the client is redis-py's
     RedisCluster (it learns the other nodes, follows MOVED/ASK, and re-learns the topology after a
     failover); it offers the same commands for keys of one slot. Raises RedisUnavailable with one
@@ -55,19 +52,21 @@ def connect(
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=socket_timeout,
                 health_check_interval=30,
+                retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
                 decode_responses=False,
             )
             client.ping()
             if _is_cluster_node(client):
                 raise ValueError("it is a Redis Cluster node: set redis.cluster = true (FORENSICS_REDIS__CLUSTER=true)")
     except redis.AuthenticationError as err:
-        raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {err}") from None
+        raise RedisUnavailable(redact(f"Redis at {url} refused the credentials: {err}")) from None
     except ValueError as err:
-        raise RedisUnavailable(f"cannot use Redis at {redact(url)}: {err}") from None
+        raise RedisUnavailable(redact(f"cannot use Redis at {url}: {err}")) from None
     except (redis.RedisError, OSError) as err:
         raise RedisUnavailable(
-            f"cannot reach Redis at {redact(url)}: {err}. Check FORENSICS_REDIS__URL, "
-            "or unset it to use the embedded server."
+            redact(f"cannot reach Redis at {url}: {str(err).rstrip('. ')}. Check FORENSICS_REDIS__URL, "
+                   "or unset it to use the embedded server.")
         ) from None
     return client
 
@@ -111,10 +110,12 @@ class EmbeddedRedis:
     ``persist=False`` nothing is written to disk (tests, benchmarks).
     """
 
-    def __init__(self, state_dir: Path, *, port: int | None = None, persist: bool = True):
+    def __init__(self, state_dir: Path, *, port: int | None = None, persist: bool = True, fsync: str = "everysec"):
+        """``fsync``: the append-only file's ``appendfsync`` (``always``: no acknowledged write is lost
+        even if the server is SIGKILLed; ``everysec``: up to a second is)."""
         self.dir = Path(state_dir).resolve() / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.persist = port, persist
+        self.port, self.persist, self.fsync = port, persist, fsync
         sock = self.dir / "redis.sock"
         if len(str(sock)) > _MAX_SOCKET_PATH:
             sock = Path(tempfile.mkdtemp(prefix="forensics-")) / "redis.sock"
@@ -143,7 +144,7 @@ class EmbeddedRedis:
             where = ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         else:
             where = ["--port", str(self.port), "--bind", "127.0.0.1"]
-        persistence = ["--appendonly", "yes" if self.persist else "no", "--save", ""]
+        persistence = ["--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync, "--save", ""]
         args = [exe, *where, *persistence, "--dir", str(self.dir), "--daemonize", "no", "--logfile", str(log)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -35,6 +35,18 @@ REQUIRED_FILES = ("model.onnx", "scorer.npz")
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
+def check_version_name(root: Path, version: str) -> Path:
+    """The folder of ``version`` under ``root``; raises ModelError unless the name is a version
+    name (``vNNNN``) whose folder resolves inside the registry (no traversal, no symlink out)."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ModelError(f"model version {str(version)[:80]!r} is not a version name (v0001, v0002, ...)")
+    base = Path(root).resolve()
+    vdir = (base / version).resolve()
+    if vdir.parent != base:
+        raise ModelError(f"model version {version} resolves outside the registry {base}")
+    return vdir
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -123,6 +135,7 @@ class Registry:
                 raise ModelError(
                     f"no promoted model in {self.root}: train one (`forensics train`) or `forensics models promote VERSION`"
                 )
+        check_version_name(self.root, version)
         vdir = self.root / version
         mpath = vdir / MANIFEST
         if not mpath.is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from forensics.config import Settings
-from forensics.redisconn import redact
+from forensics.redact import redact
 from forensics.streams import Keys
 
 # Why a sample was dropped: the detect group's backlog was over the limit (the live policy),

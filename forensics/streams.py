@@ -22,16 +22,6 @@ from redis.crc import key_slot
 
 DETECT_GROUP = "detect"
 
-# Errors of a Redis that is restarting or failing over (a cluster promotes a replica within
-# seconds): a worker waits and retries; what it had not acknowledged stays pending meanwhile.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.SlotNotCoveredError,
-)
-
 
 class Keys:
     """Names of every Redis key, under one prefix. Nothing else builds a key name.
@@ -333,28 +323,54 @@ def reclaim_stale(
 
 
 def dead_letter(
-    r: redis.Redis, keys: Keys, entry: Entry, error: str, group: str = DETECT_GROUP, stream: str | None = None
+    r: redis.Redis, keys: Keys, entry: Entry, error: str, group: str = DETECT_GROUP, stream: str | None = None,
+    *, maxlen: int = 10_000, max_meta: int = 64 * 1024,
 ) -> None:
     """Move an entry to the dead-letter stream with its error, and acknowledge it.
 
-    On a cluster the dead-letter stream and the frames shard are in different slots: the entry is
-    added to the dead letters first, then acknowledged (a crash between leaves it pending, so it may
-    be dead-lettered twice, never lost)."""
+    The dead letter keeps the entry's fields (``v``, ``meta``, each cut at ``max_meta`` bytes) and
+    the error, never the pixels (``data`` is replaced by its length, ``data_bytes``); the stream
+    is capped near ``maxlen`` entries. On a cluster the dead-letter stream and the frames shard are
+    in different slots: the entry is added to the dead letters first, then acknowledged (a crash
+    between leaves it pending, so it may be dead-lettered twice, never lost).
+    """
     stream = stream or entry.stream or keys.frames
-    fields: dict[Any, Any] = dict(entry.fields)
+    fields: dict[Any, Any] = {}
+    for k, v in entry.fields.items():
+        name = k if isinstance(k, bytes) else str(k).encode()
+        if name == b"data":
+            fields[b"data_bytes"] = str(len(v)).encode()
+        else:
+            fields[name] = v[:max_meta]
     fields[b"error"] = error.encode()
     fields[b"origin"] = f"{stream}/{entry.id.decode()}".encode()
     fields[b"deliveries"] = str(entry.deliveries).encode()
     if keys.cluster:
         with replicated(r, keys, keys.dead) as c:
-            c.xadd(keys.dead, fields)
+            c.xadd(keys.dead, fields, maxlen=maxlen, approximate=True)
         pipe = r.pipeline(transaction=True)
     else:
         pipe = r.pipeline(transaction=True)
-        pipe.xadd(keys.dead, fields)
+        pipe.xadd(keys.dead, fields, maxlen=maxlen, approximate=True)
     pipe.xack(stream, group, entry.id)
     pipe.xdel(stream, entry.id)
     pipe.execute()
+
+
+def prune_idle_consumers(
+    r: redis.Redis, stream: str, *, idle_ms: int, keep: str | None = None, group: str = DETECT_GROUP
+) -> list[str]:
+    """Delete the group's consumers idle for ``idle_ms`` with no pending entries (except ``keep``).
+
+    A consumer with pending entries is kept: its entries are reclaimed first, then it goes.
+    """
+    removed = []
+    for c in r.xinfo_consumers(stream, group):
+        name = _s(c["name"])
+        if name != keep and int(c["pending"]) == 0 and int(c["idle"]) >= idle_ms:
+            r.xgroup_delconsumer(stream, group, name)
+            removed.append(name)
+    return removed
 
 
 def publish_json(r: redis.Redis, stream: str, event: Mapping[str, Any], *, maxlen: int | None = None) -> bytes:

@@ -1,13 +1,17 @@
 """``forensics up``: every role as a supervised local process, for one machine.
 
-Starts the embedded Redis when no URL is configured and hands its URL to the children.
-A child that exits is restarted, within a budget (``max_restarts`` in ``window_s``); past
-the budget the supervisor stops everything and says which role kept failing.
+Starts the embedded Redis when no URL is configured and hands its URL to the children (and
+restarts it if it dies). A child that exits is restarted after a backoff that doubles with each
+recent restart (capped, jittered), within a budget (``max_restarts`` in ``window_s``). Past the
+budget the supervisor stops everything and says which role kept failing, unless Redis is down:
+a role is never given up on because its dependency is away; it is restarted, with the capped
+backoff, until Redis is back.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -19,7 +23,8 @@ from pathlib import Path
 from forensics.config import Settings
 from forensics.errors import ForensicsError
 from forensics.logs import get_logger
-from forensics.redisconn import EmbeddedRedis, connect_settings
+from forensics.redact import redact
+from forensics.redisconn import EmbeddedRedis, connect, connect_settings
 
 
 @dataclass
@@ -28,17 +33,22 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen | None = None
     starts: deque = field(default_factory=lambda: deque(maxlen=64))
+    restart_at: float | None = None  # monotonic time of the pending restart
 
 
 class Supervisor:
     def __init__(self, settings: Settings, roles: list[tuple[str, list[str]]], *, config: str | None = None,
-                 max_restarts: int = 5, window_s: float = 60.0, log_dir: Path | None = None):  # fmt: skip
+                 max_restarts: int = 5, window_s: float = 60.0, log_dir: Path | None = None,
+                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0):  # fmt: skip
         self.settings = settings
         self.config = config
         self.children = [Child(name, argv) for name, argv in roles]
         self.max_restarts = max_restarts
         self.window_s = window_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
         self.log_dir = log_dir
+        self._redis_down_logged = False
         self.log = get_logger()
         self.embedded: EmbeddedRedis | None = None
         self.url = settings.redis.url
@@ -75,24 +85,61 @@ class Supervisor:
         return self.url
 
     def watch(self, stop: threading.Event, poll: float = 0.5) -> None:
-        """Restart children that exit, until ``stop`` or the restart budget runs out."""
+        """Restart children that exit (after a backoff), until ``stop`` or the restart budget runs
+        out while Redis is up."""
         try:
             while not stop.wait(poll):
+                self._keep_embedded_redis()
                 for child in self.children:
-                    code = child.proc.poll() if child.proc else None
-                    if code is None:
-                        continue
-                    now = time.monotonic()
-                    recent = [t for t in child.starts if now - t < self.window_s]
-                    if len(recent) > self.max_restarts:
-                        raise ForensicsError(
-                            f"role {child.name} exited {len(recent)} times within {self.window_s:.0f} s "
-                            f"(last exit status {code}); giving up"
-                        )
-                    self.log.warning("role exited; restarting", name=child.name, status=code)
-                    self._spawn(child)
+                    self._check(child)
         finally:
             self.stop()
+
+    def _check(self, child: Child) -> None:
+        code = child.proc.poll() if child.proc else None
+        if code is None:
+            return
+        now = time.monotonic()
+        if child.restart_at is None:
+            recent = [t for t in child.starts if now - t < self.window_s]
+            if len(recent) > self.max_restarts and self._redis_up():
+                raise ForensicsError(
+                    f"role {child.name} exited {len(recent)} times within {self.window_s:.0f} s "
+                    f"(last exit status {code}); giving up"
+                )
+            delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, len(recent) - 1))
+            delay *= random.uniform(0.5, 1.0)  # jitter: roles do not restart in lockstep
+            child.restart_at = now + delay
+            self.log.warning("role exited; restarting after backoff", name=child.name, status=code,
+                             restart_in_s=round(delay, 2))  # fmt: skip
+        if now >= child.restart_at:
+            child.restart_at = None
+            self._spawn(child)
+
+    def _redis_up(self) -> bool:
+        """Whether Redis answers; logs once per outage that the budget is suspended meanwhile."""
+        try:
+            connect(self.url or "", connect_timeout=2.0, socket_timeout=2.0).close()
+        except ForensicsError:
+            if not self._redis_down_logged:
+                self.log.warning("Redis is down: restarting roles with backoff until it is back",
+                                 url=redact(self.url or ""))  # fmt: skip
+                self._redis_down_logged = True
+            return False
+        self._redis_down_logged = False
+        return True
+
+    def _keep_embedded_redis(self) -> None:
+        """Restart the embedded redis-server if it died (its append-only file keeps the data)."""
+        emb = self.embedded
+        if emb is None or emb.proc is None or emb.proc.poll() is None:
+            return
+        self.log.warning("embedded redis-server exited; restarting it", status=emb.proc.returncode)
+        emb.proc = None
+        try:
+            emb.start()
+        except ForensicsError as err:
+            self.log.error("cannot restart the embedded redis-server; will retry", error=str(err))
 
     def stop(self) -> None:
         for child in self.children:

@@ -57,6 +57,14 @@ def settings(tmp_path, redis_url, prefix) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A registry with two small untrained versions (input 16 px; v0001 current): real ONNX, made in seconds."""
+    from tests.tinymodel import make_tiny_registry
+
+    return make_tiny_registry(tmp_path_factory.mktemp("tiny") / "models", size=16, versions=2).root
+
+
+@pytest.fixture(scope="session")
 def clip_30fps(tmp_path_factory) -> Path:
     """3 s of 320x240 H.264 at 30 fps (90 frames, keyframe every 30 frames)."""
     path = tmp_path_factory.mktemp("media") / "clip30.mp4"

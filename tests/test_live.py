@@ -597,3 +597,43 @@ def test_cli_rejects_a_malformed_rtsp_spec_in_one_line(capsys):
     assert err == [
         "forensics: error: --rtsp 'cam1 rtsp://host/stream': expected ID=URL, e.g. --rtsp cam1=rtsp://10.0.0.5:554/stream"
     ]
+
+
+@needs_rtsp
+def test_redis_restart_under_a_live_source_keeps_decoding_counts_drops_and_resumes_sending(settings, rtsp_server,
+                                                                                            tmp_path, capfd):  # fmt: skip
+    from forensics.redisconn import connect
+    from tests.redis_process import RedisProcess
+
+    server = RedisProcess(tmp_path / "redis", free_port())
+    server.start()
+    settings.redis.url = server.url
+    settings.redis.retry_cap_s = 1.0
+    configure_logging("ingest", "info", "json")
+    r = connect(server.url, connect_timeout=1, socket_timeout=2)
+    srv = rtsp_server()
+    try:
+        with supervising(settings, r, [live("cam", srv.url(), fps=4.0)]) as sup:
+            src = sup.source("cam")
+            wait_for("batches", lambda: src.stats.counts["batches_sent"] >= 3, 10)
+            server.kill()
+            decoded_at_kill = src.stats.counts["frames_decoded"]
+            time.sleep(3.0)
+            during = dict(src.stats.counts)
+            assert src.machine.state is SourceState.STREAMING  # the camera side does not notice
+            assert during["frames_decoded"] > decoded_at_kill + 30  # kept decoding (25 fps)
+            assert during["dropped_redis"] > 0  # and counted what it could not send
+            sent_before = during["batches_sent"]
+            back = server.start()
+            wait_for("sending again", lambda: src.stats.counts["batches_sent"] >= sent_before + 3, 10)
+            resumed = time.time() - back
+        h = source_hash(r, settings, "cam")
+        assert int(h["dropped_redis"]) >= during["dropped_redis"]
+        assert resumed < 10
+    finally:
+        r.close()
+        server.stop()
+    lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    lost = [x for x in lines if x["event"].startswith("lost the connection to Redis") and x.get("source") == "cam"]
+    again = [x for x in lines if x["event"] == "connected to Redis again" and x.get("source") == "cam"]
+    assert len(lost) == 1 and len(again) == 1 and again[0]["down_s"] >= 2.5  # one outage, logged once, with its length

@@ -6,8 +6,14 @@ aggregates in Redis, emit alerts, then acknowledge. Any number of workers can sh
 all aggregation state lives in Redis and is written idempotently (keyed by batch sequence), and
 alerts carry deterministic ids that :class:`forensics.alerts.AlertWriter` publishes at most once.
 
-An entry that fails is left pending; it is retried when reclaimed, and after
-``detect.max_deliveries`` deliveries it goes to ``<prefix>:dead`` with its last error.
+Poison isolation: every decode, validation, scoring or aggregation error of one entry is caught
+for that entry alone (the good entries of the same read are scored and acknowledged), its message
+is recorded on that delivery, the entry is left pending and retried when reclaimed, and after
+``detect.max_deliveries`` deliveries it goes to ``<prefix>:dead`` with that error (meta, not
+pixels). A file whose batch was dead-lettered still gets its verdict, counting the lost batch.
+
+A lost Redis connection is a state (:class:`forensics.outage.Outage`): the loop waits with
+capped exponential backoff and goes on where it was; unacknowledged entries stay pending.
 """
 
 from __future__ import annotations
@@ -30,14 +36,17 @@ from forensics.disclosure import RESULT_FIELDS, disclose
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
+from forensics.modelwatch import ModelWatch
+from forensics.outage import REDIS_DOWN, Outage
+from forensics.redact import redact
 from forensics.registry import Registry
 from forensics.streams import (
-    TRANSIENT_ERRORS,
     Entry,
     Keys,
     ack,
     dead_letter,
     ensure_group,
+    prune_idle_consumers,
     read_shards,
     reclaim_stale,
     total_backlog,
@@ -47,6 +56,7 @@ from forensics.wire import FrameBatch, decode
 
 _AGG_TTL_S = 24 * 3600
 _RESULTS_MAXLEN = 100_000
+_MAX_ERROR_CHARS = 500
 
 
 @dataclass
@@ -67,50 +77,53 @@ class DetectWorker:
         self.alerts = AlertWriter(r, self.keys, disclosure=settings.alerts)
         self.log = get_logger(consumer=self.consumer)
         self.model: LoadedModel | None = None
-        self._refused: set[str] = set()
-        self.stats = {"batches": 0, "faces": 0, "alerts": 0, "dead": 0, "reloads": 0, "failures": 0}
+        self.watch = ModelWatch(self.registry, r, self.keys.model, self.log)
+        self.outage = Outage("detect", self.log, base_s=settings.redis.retry_base_s, cap_s=settings.redis.retry_cap_s)
+        self.stats = {"batches": 0, "faces": 0, "alerts": 0, "dead": 0, "reloads": 0, "failures": 0, "outages": 0}
         self.metrics = None
         self._turn = 0  # which shard a cluster read blocks on next
         for stream in self.keys.frames_shards:
             ensure_group(r, stream)
 
     # -- model ----------------------------------------------------------------------------
-    def _wanted_version(self) -> str | None:
-        """The version announced on Redis, else the registry's current."""
-        raw = self.r.get(self.keys.model)
-        if raw:
-            try:
-                return json.loads(raw)["version"]
-            except (ValueError, KeyError, TypeError):
-                self.log.warning("ignoring malformed model announcement", key=self.keys.model)
-        return self.registry.current()
-
     def load_initial(self) -> None:
-        self.model = load_model(self.registry, self._wanted_version(), providers=self.cfg.providers,
+        wanted = self.watch.wanted()
+        self.model = load_model(self.registry, wanted.version if wanted else None, providers=self.cfg.providers,
                                 intra_op_threads=self.cfg.intra_op_threads)  # fmt: skip
+        if wanted is not None and wanted.sha256 and wanted.sha256 != self.model.artifact.sha256:
+            raise ModelError(self.watch.mismatch(wanted, self.model.artifact.sha256))
         self.log.info("model loaded", version=self.model.artifact.version, provider=self.model.net.provider)
         if self.model.warning:
             print(f"forensics: warning: {self.model.warning}", file=sys.stderr, flush=True)
 
     def maybe_reload(self) -> bool:
-        """Swap to a newly announced/promoted version between batches; keep serving on failure."""
-        wanted = self._wanted_version()
-        if wanted is None or (self.model and wanted == self.model.artifact.version) or wanted in self._refused:
+        """Swap to a newly announced/promoted version between batches; keep serving on failure.
+
+        The announcement is checked like the artifact (:class:`forensics.modelwatch.ModelWatch`):
+        a refused version is tried again only when its files change or a new announcement comes.
+        """
+        wanted = self.watch.wanted()
+        serving = self.model.artifact if self.model else None
+        if wanted is None or (serving and wanted.version == serving.version and wanted.sha256 in (None, serving.sha256)):
+            return False
+        if self.watch.refused(wanted):
             return False
         try:
-            new = load_model(self.registry, wanted, providers=self.cfg.providers,
+            new = load_model(self.registry, wanted.version, providers=self.cfg.providers,
                              intra_op_threads=self.cfg.intra_op_threads)  # fmt: skip
+            if wanted.sha256 and wanted.sha256 != new.artifact.sha256:
+                raise ModelError(self.watch.mismatch(wanted, new.artifact.sha256))
         except ModelError as err:
-            self._refused.add(wanted)
-            self.log.error("refusing new model; still serving the old one", version=wanted, error=str(err),
-                           serving=self.model.artifact.version if self.model else None)  # fmt: skip
+            self.watch.refuse(wanted)
+            self.log.error("refusing new model; still serving the old one", version=wanted.version, error=str(err),
+                           serving=serving.version if serving else None)  # fmt: skip
             return False
-        old = self.model.artifact.version if self.model else None
+        old = serving.version if serving else None
         self.model = new
         self.stats["reloads"] += 1
         if self.metrics:
-            self.metrics.set_model(wanted)
-        self.log.info("model reloaded", version=wanted, previous=old)
+            self.metrics.set_model(wanted.version)
+        self.log.info("model reloaded", version=wanted.version, previous=old)
         if new.warning:
             print(f"forensics: warning: {new.warning}", file=sys.stderr, flush=True)
         return True
@@ -120,11 +133,10 @@ class DetectWorker:
         if self.model is None:
             self.load_initial()
         self.log.info("detect worker running", streams=self.keys.frames_shards)
-        last_reclaim = last_reload = 0.0
-        redis_down = False
+        last_reclaim = last_reload = last_prune = 0.0
         while not stop.is_set():
-            now = time.monotonic()
             try:
+                now = time.monotonic()
                 if now - last_reload > 1.0:
                     self.maybe_reload()
                     last_reload = now
@@ -133,19 +145,33 @@ class DetectWorker:
                     last_reclaim = now
                     if self.metrics:
                         self.metrics.backlog.set(self.backlog())
+                if now - last_prune > 60.0:
+                    self.prune_consumers()
+                    last_prune = now
                 self.step_new()
-            except TRANSIENT_ERRORS as err:
-                # A failover or restart: what was not acknowledged stays pending and is retried.
-                if not redis_down:
-                    self.log.warning(f"Redis unavailable: {err}; retrying")
-                redis_down = True
-                stop.wait(0.5)
+                self.outage.ok()
+            except REDIS_DOWN as err:
+                # Unacknowledged entries stay pending in Redis; the loop resumes where it was.
+                self.outage.wait(err, stop)
+                self.stats["outages"] = self.outage.outages
                 continue
-            if redis_down:
-                self.log.info("Redis reachable again")
-                redis_down = False
+            except redis.ResponseError as err:
+                if "NOGROUP" not in str(err):
+                    raise
+                for stream in self.keys.frames_shards:  # Redis came back without its data
+                    ensure_group(self.r, stream)
+                continue
             if self.metrics:
                 self.metrics.heartbeat = time.monotonic()
+
+    def prune_consumers(self) -> list[str]:
+        """Remove consumers idle over ``detect.consumer_idle_s`` that hold no pending entries."""
+        removed = [name for stream in self.keys.frames_shards
+                   for name in prune_idle_consumers(self.r, stream, idle_ms=int(self.cfg.consumer_idle_s * 1000),
+                                                    keep=self.consumer)]  # fmt: skip
+        if removed:
+            self.log.info("removed idle consumers", consumers=removed)
+        return removed
 
     def step_new(self) -> int:
         entries = read_shards(self.r, self.keys, self.consumer, count=self.cfg.read_count, block_ms=self.cfg.block_ms,
@@ -162,12 +188,7 @@ class DetectWorker:
         live = []
         for e in entries:
             if e.deliveries > self.cfg.max_deliveries:
-                err = self.r.hget(self.keys.errors, e.id) or b"failed repeatedly (no error recorded)"
-                dead_letter(self.r, self.keys, e, err.decode(errors="replace"))
-                self.r.hdel(self.keys.errors, e.id)
-                self.stats["dead"] += 1
-                self.log.warning("entry dead-lettered", entry=e.id.decode(), deliveries=e.deliveries,
-                                 error=err.decode(errors="replace"))  # fmt: skip
+                self._dead_letter(e)
             else:
                 live.append(e)
         if live:
@@ -175,8 +196,20 @@ class DetectWorker:
             self.process(live)
         return len(entries)
 
+    def _dead_letter(self, e: Entry) -> None:
+        raw = self.r.hget(self.keys.errors, e.id)
+        error = raw.decode(errors="replace") if raw else "failed repeatedly (no error recorded)"
+        dead_letter(self.r, self.keys, e, error, maxlen=self.cfg.dead_maxlen)
+        self.r.hdel(self.keys.errors, e.id)
+        self.stats["dead"] += 1
+        self.log.warning("entry dead-lettered", entry=e.id.decode(), deliveries=e.deliveries, error=error)
+        lost = _file_batch_of(e)
+        if lost is not None:  # the file still gets its verdict, counting the lost batch
+            self._file_step(lost[0], lost[1], None, error)
+
     # -- one read's worth of entries ----------------------------------------------------------
     def process(self, entries: list[Entry]) -> None:
+        """Score and aggregate ``entries``; each one's failure is its own (recorded, left pending)."""
         works = []
         for e in entries:
             try:
@@ -191,9 +224,14 @@ class DetectWorker:
                     self._handle(w.batch, scored.get(w.entry.id))
                     done.append(w.entry.id)
                     continue
+                except REDIS_DOWN:
+                    raise
                 except ForensicsError as err:
                     w.error = str(err)
+                except Exception as err:  # noqa: BLE001 - one entry's failure must not take the others down
+                    w.error = f"{type(err).__name__}: {err}"
             self.stats["failures"] += 1
+            w.error = redact(w.error)[:_MAX_ERROR_CHARS]
             self.r.hset(self.keys.errors, w.entry.id, w.error)
             self.log.warning("batch failed; left pending for retry", entry=w.entry.id.decode(), error=w.error)
         # Acknowledge only after results and alerts are written; frames are large, delete them too.
@@ -218,19 +256,41 @@ class DetectWorker:
                 good.append(w)
         if not good:
             return out
-        images = np.concatenate([w.batch.images for w in good])
-        t0 = time.perf_counter()
-        parts = [self.model.score(images[i : i + self.cfg.max_batch]) for i in range(0, len(images), self.cfg.max_batch)]
-        if self.metrics:
-            self.metrics.observe_inference(time.perf_counter() - t0, len(images))
-        prob = np.concatenate([p.fake_prob for p in parts])
-        anom = np.concatenate([p.anomaly for p in parts])
-        flag = np.concatenate([p.anomalous for p in parts])
+        try:
+            scores = self._score_images(np.concatenate([w.batch.images for w in good]))
+        except Exception:  # noqa: BLE001 - find which entry it was: score each alone
+            if len(good) == 1:
+                scores = None
+            else:
+                for w in good:
+                    out.update(self._score_all([w]))
+                return out
+        if scores is None:
+            w = good[0]
+            try:
+                out[w.entry.id] = self._score_images(w.batch.images)
+            except Exception as err:  # noqa: BLE001 - this entry's crops cannot be scored
+                w.error = f"cannot score the crops: {type(err).__name__}: {err}"
+            return out
         i = 0
         for w in good:
             n = len(w.batch)
-            out[w.entry.id] = CropScores(prob[i : i + n], anom[i : i + n], flag[i : i + n])
+            out[w.entry.id] = CropScores(scores.fake_prob[i : i + n], scores.anomaly[i : i + n],
+                                         scores.anomalous[i : i + n])  # fmt: skip
             i += n
+        return out
+
+    def _score_images(self, images: np.ndarray) -> CropScores:
+        """uint8 [N, S, S, 3] -> scores, in model calls of at most ``max_batch`` images; finite or raises."""
+        t0 = time.perf_counter()
+        step = self.cfg.max_batch
+        parts = [self.model.score(images[i : i + step]) for i in range(0, len(images), step)]
+        if self.metrics:
+            self.metrics.observe_inference(time.perf_counter() - t0, len(images))
+        prob, anomaly = np.concatenate([p.fake_prob for p in parts]), np.concatenate([p.anomaly for p in parts])
+        out = CropScores(prob, anomaly, np.concatenate([p.anomalous for p in parts]))
+        if not (np.isfinite(out.fake_prob).all() and np.isfinite(out.anomaly).all()):
+            raise ValueError("the model returned a non-finite score")
         return out
 
     # -- aggregation and alerts --------------------------------------------------------------
@@ -247,14 +307,15 @@ class DetectWorker:
             raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
         records = self._records(b, scores) if scores is not None else []
         if b.kind == "frames":
-            self._keep_evidence(b, records)
+            if b.source_kind == "file":
+                self._keep_evidence(b, records, _picks(records))
             self._write_result(b, records)
             self.stats["batches"] += 1
             self.stats["faces"] += len(records)
             if self.metrics:
                 self.metrics.batch(len(records))
         if b.source_kind == "file":
-            self._file_step(b, records)
+            self._file_step(b, b.seq, records)
         else:
             self._live_step(b, records)
 
@@ -271,16 +332,17 @@ class DetectWorker:
         self.r.xadd(self.keys.results, {"event": json.dumps(event, separators=(",", ":"))},
                     maxlen=_RESULTS_MAXLEN, approximate=True)  # fmt: skip
 
-    def _keep_evidence(self, b: FrameBatch, records: list[CropRecord]) -> None:
-        """Keep the batch's most fake-looking and most anomalous crops (PNG) for alerts' evidence.
+    def _keep_evidence(self, b: FrameBatch, records: list[CropRecord], picks: set[int]) -> None:
+        """Keep crops ``picks`` of the batch (PNG) as evidence for alerts.
 
         ``forensics explain ALERT_ID`` and retraining on analysts' labels read them back from
         ``<prefix>:crops:<source>`` (field ``<frame>:<track>``) for ``detect.evidence_ttl_s``.
+        Files keep each batch's most fake-looking and most anomalous crop until the verdict,
+        then only the ``detect.evidence_per_file`` best; live sources keep only the crops their
+        alerts point at.
         """
-        if not records:
+        if not picks:
             return
-        picks = {max(range(len(records)), key=lambda i: records[i].prob),
-                 max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
         key, times = self.keys.evidence(b.source), self.keys.evidence_times(b.source)
         pipe = self.r.pipeline(transaction=False)
         for i in picks:
@@ -293,13 +355,18 @@ class DetectWorker:
         pipe.expire(times, self.cfg.evidence_ttl_s)
         pipe.execute()
 
-    def _file_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
-        key = self.keys.aggregate(b.source)
+    def _file_step(self, b: FrameBatch | str, seq: int, records: list[CropRecord] | None, lost: str = "") -> None:
+        """Add a file's batch ``seq`` (its ``records``; None: dead-lettered with error ``lost``), or
+        its end-of-file marker, and finish the file once every batch is in."""
+        source = b if isinstance(b, str) else b.source
+        key = self.keys.aggregate(source)
         pipe = self.r.pipeline(transaction=True)
-        if b.kind == "eof":
+        if records is None:
+            pipe.hset(key, f"x:{seq}", lost[:_MAX_ERROR_CHARS])
+        elif b.kind == "eof":
             pipe.hset(key, "eof", json.dumps(b.info))
         else:
-            pipe.hset(key, f"b:{b.seq}", json.dumps([r.to_json() for r in records]))
+            pipe.hset(key, f"b:{seq}", json.dumps([r.to_json() for r in records]))
         pipe.expire(key, _AGG_TTL_S)
         pipe.hget(key, "eof")
         pipe.hlen(key)
@@ -309,15 +376,19 @@ class DetectWorker:
         eof = json.loads(eof_raw)
         if n < int(eof.get("batches", 0)) + 1:
             return  # other batches of this file are still with other workers
-        self._finish_file(b.source, key, eof)
+        self._finish_file(source, key, eof)
 
     def _finish_file(self, source: str, key: str, eof: dict) -> None:
         fields = self.r.hgetall(key)
         records = [
             CropRecord.from_json(v) for k, raw in sorted(fields.items()) if k.startswith(b"b:") for v in json.loads(raw)
         ]
+        lost = sorted(int(k[2:]) for k in fields if k.startswith(b"x:"))
         verdict = file_verdict(records, threshold=self.model.video_threshold, eof=eof,
                                track_anomaly_threshold=self.model.track_threshold)  # fmt: skip
+        if lost:
+            verdict["batches_lost"] = len(lost)
+            verdict["lost_error"] = fields[f"x:{lost[0]}".encode()].decode(errors="replace")
         alert = make_alert("verdict", source, f"{source}:verdict", model=self.model.info,
                            trained_on=self.model.trained_on, **verdict)  # fmt: skip
         if self.alerts.emit(alert):
@@ -334,7 +405,20 @@ class DetectWorker:
                                evidence=_evidence(worst, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("anomaly")
+        self._prune_evidence(source, records)
         self.r.delete(key)
+
+    def _prune_evidence(self, source: str, records: list[CropRecord]) -> None:
+        """Keep the file's ``evidence_per_file`` crops with the highest fake probability and
+        anomaly (the verdict's and the anomaly alert's evidence are among them); drop the rest."""
+        k = self.cfg.evidence_per_file
+        by_prob = sorted(records, key=lambda r: -r.prob)[: (k + 1) // 2]
+        by_anom = sorted(records, key=lambda r: -r.anomaly)[: k // 2]
+        keep = {evidence_field(r.frame, r.track).encode() for r in by_prob + by_anom}
+        key = self.keys.evidence(source)
+        extra = [f for f in self.r.hkeys(key) if f not in keep]
+        if extra:
+            self.r.hdel(key, *extra)
 
     def _live_step(self, b: FrameBatch, records: list[CropRecord]) -> None:
         if b.kind != "frames" or not records:
@@ -361,15 +445,19 @@ class DetectWorker:
         d = window_decision(probs, flags, state, threshold=self.model.video_threshold, margin=self.cfg.hysteresis,
                             min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate,
                             scores=scores, track_threshold=self.model.track_threshold)  # fmt: skip
-        worst = max(records, key=lambda r: r.prob)
+        best = max(range(len(records)), key=lambda i: records[i].prob)
+        worst = records[best]
         if d.deepfake == "on":
+            self._keep_evidence(b, records, {best})
             alert = make_alert("deepfake", b.source, f"{b.source}:deepfake:{b.seq}", model=self.model.info,
                                window_s=self.cfg.window_s, score=d.mean_prob, threshold=self.model.video_threshold,
                                faces=d.faces, anomaly_rate=d.anomaly_rate, evidence=_evidence(worst, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("deepfake")
         if d.anomaly == "on":
-            w = max(records, key=lambda r: r.anomaly)
+            most = max(range(len(records)), key=lambda i: records[i].anomaly)
+            self._keep_evidence(b, records, {most})
+            w = records[most]
             alert = make_alert("anomaly", b.source, f"{b.source}:anomaly:{b.seq}", model=self.model.info,
                                window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate,
                                rate_threshold=self.cfg.anomaly_rate, faces=d.faces, evidence=_evidence(w, self.model))  # fmt: skip
@@ -386,6 +474,27 @@ class DetectWorker:
 
     def backlog(self) -> int:
         return total_backlog(self.r, self.keys)
+
+
+def _picks(records: list[CropRecord]) -> set[int]:
+    """Indexes of the most fake-looking and the most anomalous record."""
+    if not records:
+        return set()
+    return {max(range(len(records)), key=lambda i: records[i].prob),
+            max(range(len(records)), key=lambda i: records[i].anomaly)}  # fmt: skip
+
+
+def _file_batch_of(e: Entry) -> tuple[str, int] | None:
+    """(source, seq) of a file's frames entry whose header still parses, else None."""
+    try:
+        meta = json.loads(e.fields.get(b"meta", b""))
+        source, seq = meta["source"], meta["seq"]
+        if meta.get("source_kind") == "file" and meta.get("kind") == "frames" and isinstance(source, str) \
+                and source and isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**53:
+            return source, seq
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        pass
+    return None
 
 
 def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:

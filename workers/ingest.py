@@ -6,13 +6,19 @@ progress counter, so a worker killed mid-file and restarted re-decodes the file,
 batches already on the stream, and adds each batch exactly once with the same sequence
 numbers. A file moves to ``done/`` after its end-of-file marker is on the stream; a file
 that cannot be used moves to ``failed/`` beside a ``.reason`` file, and the worker goes on.
+
+A lost Redis connection pauses the file where it is (:class:`forensics.outage.Outage`: logged
+once, retried with capped exponential backoff); a write whose reply was lost is checked against
+the file's progress counter before it is retried, so it is never added twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,26 +29,31 @@ import numpy as np
 import redis
 
 from forensics.config import Settings, resolve_frame_size
+from forensics.containers import TS_SUFFIXES, unfinished
 from forensics.errors import BadVideo
 from forensics.faces import Crop, FaceCropper, build_cropper
 from forensics.logs import get_logger
-from forensics.streams import TRANSIENT_ERRORS, Keys, ensure_group, replicated, wait_below_high_water
+from forensics.outage import REDIS_DOWN, Outage
+from forensics.streams import Keys, ensure_group, replicated, wait_below_high_water
 from forensics.timestamps import now_iso
 from forensics.video import DecodedFrame, FrameSampler, decode_file
 from forensics.wire import FrameBatch, encode
+from workers.dropfolder import DropFolder
 
-# Names that are still being written by common tools, or are ours.
-_PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".reason", ".download")
 # Progress of a finished file is kept this long, so a crash between the end-of-file marker and
 # the move to done/ is recovered without re-adding anything.
 _PROGRESS_TTL_S = 7 * 24 * 3600
+
+
+class _Stopped(Exception):
+    """Stop was asked while waiting for Redis to come back."""
 
 
 @dataclass
 class FileOutcome:
     path: Path
     source: str
-    status: str  # done | failed | stopped
+    status: str  # done | failed | stopped | changed (still being written: read again later)
     batches: int = 0
     skipped_batches: int = 0  # already on the stream from an earlier, interrupted run
     images: int = 0
@@ -61,41 +72,6 @@ def source_id_for(path: Path, key: str) -> str:
     return f"{stem}-{key[:8]}"
 
 
-class StableFiles:
-    """Tracks files in a folder and reports those whose size and mtime stopped changing."""
-
-    def __init__(self, folder: Path, stable_seconds: float):
-        self.folder = folder
-        self.stable_seconds = stable_seconds
-        self._seen: dict[Path, tuple[int, int, float]] = {}
-
-    def ready(self, now: float | None = None) -> list[Path]:
-        now = time.monotonic() if now is None else now
-        out, present = [], set()
-        for p in sorted(self.folder.iterdir(), key=lambda q: q.name):
-            if not p.is_file() or p.name.startswith(".") or p.name.lower().endswith(_PARTIAL_SUFFIXES):
-                continue
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            present.add(p)
-            sig = (st.st_size, st.st_mtime_ns)
-            prev = self._seen.get(p)
-            if prev is None or prev[:2] != sig:
-                self._seen[p] = (*sig, now)
-                if self.stable_seconds > 0:
-                    continue
-            if now - self._seen[p][2] >= self.stable_seconds:
-                out.append(p)
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return out
-
-    def forget(self, path: Path) -> None:
-        self._seen.pop(path, None)
-
-
 class FileIngest:
     """Ingests files dropped into ``settings.ingest.watch_dir`` onto ``<prefix>:frames``."""
 
@@ -112,40 +88,74 @@ class FileIngest:
         for d in (self.watch, self.done_dir, self.failed_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.cropper = cropper if cropper is not None else build_cropper(settings.faces, resolve_frame_size(settings))
-        self.stable = StableFiles(self.watch, ing.stable_seconds)
+        self.drops = DropFolder(self.watch, ing.stable_seconds, incomplete_timeout_s=ing.incomplete_timeout_s)
         self.log = get_logger()
+        self.outage = Outage("file ingest", self.log, base_s=settings.redis.retry_base_s,
+                             cap_s=settings.redis.retry_cap_s)  # fmt: skip
+        self._stop: threading.Event | None = None
         for stream in self.keys.frames_shards:
             ensure_group(r, stream)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         self.log.info("watching for dropped files", watch_dir=str(self.watch), detector=self.settings.faces.detector)
-        while not stop.is_set():
-            for path in self.stable.ready():
-                if stop.is_set():
-                    break
-                try:
+        try:
+            while not stop.is_set():
+                ready, refused = self.drops.scan()
+                for path, why in refused:
+                    self.refuse(path, why)
+                for path in ready:
+                    if stop.is_set():
+                        break
                     self.process(path, stop)
-                except TRANSIENT_ERRORS as err:
-                    # Redis restarting or failing over: the file is taken again from its progress
-                    # counter, so no batch is added twice.
-                    self.log.warning(f"Redis unavailable: {err}; will resume the file", file=path.name)
-                    stop.wait(1.0)
-                    break
-                self.stable.forget(path)
-            stop.wait(self.settings.ingest.poll_interval)
+                    self.drops.forget(path)
+                stop.wait(self.settings.ingest.poll_interval)
+        finally:
+            self.drops.close()
+
+    def refuse(self, path: Path, why: str) -> None:
+        """Quarantine an entry that is not ours (a symlink, a device, ...) without reading it."""
+        self._move(path, "failed", f"{path.name}: {why}")
+        self.log.warning("refused a dropped entry", file=path.name, reason=why, folder=str(self.failed_dir))
+
+    def _redis(self, op, applied=None):
+        """``op()``; while Redis is away, pause and retry with backoff. ``applied()`` tells whether
+        a try whose reply was lost took effect (then it is not repeated). Raises _Stopped on stop."""
+        tried = False
+        while True:
+            try:
+                result = None if tried and applied is not None and applied() else op()
+                self.outage.ok()
+                return result
+            except REDIS_DOWN as err:
+                tried = True
+                if self.outage.wait(err, self._stop):
+                    raise _Stopped from None
 
     # -- one file -------------------------------------------------------------------------
     def process(self, path: Path, stop: threading.Event | None = None) -> FileOutcome:
         """Ingest one complete file. Never raises for a bad file: it is quarantined instead."""
+        self._stop = stop
         try:
+            return self._process(path, stop)
+        except _Stopped:
+            self.log.info("stopped while Redis was away; will resume", file=path.name)
+            return FileOutcome(path, "", "stopped")
+
+    def _process(self, path: Path, stop: threading.Event | None) -> FileOutcome:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):  # swapped for a link since the folder scan: never read it
+                self.refuse(path, "not a regular file (replaced after it was dropped): refused, not read")
+                return FileOutcome(path, "", "failed", reason="not a regular file")
             key = file_key(path)
         except FileNotFoundError:
             return FileOutcome(path, "", "failed", reason="file vanished before ingest")
         source = source_id_for(path, key)
         log = self.log.bind(source=source, file=path.name)
         progress_key = self.keys.ingest_progress(key, source)
-        progress = {k.decode(): v.decode() for k, v in self.r.hgetall(progress_key).items()}
+        raw = self._redis(lambda: self.r.hgetall(progress_key))
+        progress = {k.decode(): v.decode() for k, v in raw.items()}
         if progress.get("eof") == "1":
             # Crashed after the end-of-file marker but before the move: only the move is left.
             status = progress.get("status", "done")
@@ -170,8 +180,17 @@ class FileIngest:
                     out.batches += 1
                     out.images += len(batch)
                 seq += 1
+            cut = unfinished(path) if path.suffix.lower() in TS_SUFFIXES else None
+            if cut is not None:  # the decoder cannot tell a TS that stops short; its packets can
+                raise BadVideo(f"{path.name}: truncated: {cut}")
         except BadVideo as err:
             out.status, out.reason = "failed", str(err)
+        if _changed(path, st):
+            # Still being written after all: what was read is dropped (its aggregate expires);
+            # the finished file is a new file (new key) and gets the one verdict.
+            self._redis(lambda: self.r.delete(progress_key))
+            log.warning("file changed while it was read; it will be read again when complete")
+            return FileOutcome(path, source, "changed")
         out.stats = {k: v for k, v in stats.items() if k != "info"}
         self._finish(path, source, progress_key, seq, out, log)
         return out
@@ -217,14 +236,19 @@ class FileIngest:
         )
 
     def _add(self, batch: FrameBatch, progress_key: str, seq: int) -> None:
-        ing = self.settings.ingest
+        fields = encode(batch)
         frames = self.keys.frames_for(batch.source)
-        wait_below_high_water(self.r, frames, ing.high_water)
-        with replicated(self.r, self.keys, frames) as c:  # on a cluster: survives a failover once written
-            pipe = c.pipeline(transaction=True)
-            pipe.xadd(frames, encode(batch))
-            pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
-            pipe.execute()
+
+        def add() -> None:
+            wait_below_high_water(self.r, frames, self.settings.ingest.high_water, stop=self._stop)
+            with replicated(self.r, self.keys, frames) as c:  # on a cluster: survives a failover once written
+                pipe = c.pipeline(transaction=True)
+                pipe.xadd(frames, fields)
+                pipe.hset(progress_key, mapping={"written": seq + 1, "source": batch.source})
+                pipe.expire(progress_key, _PROGRESS_TTL_S)  # a file abandoned mid-way leaves nothing for ever
+                pipe.execute()
+
+        self._redis(add, applied=lambda: int(self.r.hget(progress_key, "written") or 0) > seq)
 
     def _finish(self, path: Path, source: str, progress_key: str, seq: int, out: FileOutcome, log) -> None:
         info = {
@@ -236,15 +260,19 @@ class FileIngest:
         }
         if out.status == "failed":
             info["error"] = out.reason
-        eof = FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info)
+        eof = encode(FrameBatch(source=source, seq=seq, source_kind="file", kind="eof", info=info))
         frames = self.keys.frames_for(source)
-        wait_below_high_water(self.r, frames, self.settings.ingest.high_water)
-        with replicated(self.r, self.keys, frames) as c:
-            pipe = c.pipeline(transaction=True)
-            pipe.xadd(frames, encode(eof))
-            pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
-            pipe.expire(progress_key, _PROGRESS_TTL_S)
-            pipe.execute()
+
+        def add_eof() -> None:
+            wait_below_high_water(self.r, frames, self.settings.ingest.high_water, stop=self._stop)
+            with replicated(self.r, self.keys, frames) as c:
+                pipe = c.pipeline(transaction=True)
+                pipe.xadd(frames, eof)
+                pipe.hset(progress_key, mapping={"eof": 1, "status": out.status, "reason": out.reason, "written": seq})
+                pipe.expire(progress_key, _PROGRESS_TTL_S)
+                pipe.execute()
+
+        self._redis(add_eof, applied=lambda: self.r.hget(progress_key, "eof") == b"1")
         self._move(path, out.status, out.reason)
         self._set_source(
             source,
@@ -265,21 +293,37 @@ class FileIngest:
     def _move(self, path: Path, status: str, reason: str) -> None:
         folder = self.failed_dir if status == "failed" else self.done_dir
         target = _free_name(folder / path.name)
-        if path.exists():
+        if os.path.lexists(path):  # a link is moved as a link: its target is never touched
             shutil.move(str(path), target)
         if status == "failed":
             Path(str(target) + ".reason").write_text(f"{reason}\n")
 
     def _set_source(self, source: str, path: Path, **fields) -> None:
         mapping = {"kind": "file", "file": path.name, **{k: str(v) for k, v in fields.items()}}
-        self.r.hset(self.keys.source(source), mapping=mapping)
+        key = self.keys.source(source)
+
+        def write() -> None:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self.settings.ingest.source_ttl_s)  # per-file hashes must not pile up
+            pipe.execute()
+
+        self._redis(write)
+
+
+def _changed(path: Path, before: os.stat_result) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False  # gone: finish with what was read
+    return (st.st_size, st.st_mtime_ns, st.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino)
 
 
 def _free_name(target: Path) -> Path:
-    if not target.exists():
+    if not os.path.lexists(target):
         return target
     for i in range(1, 10_000):
         alt = target.with_name(f"{target.stem}.{i}{target.suffix}")
-        if not alt.exists():
+        if not os.path.lexists(alt):
             return alt
     raise OSError(f"no free name for {target}")

@@ -19,6 +19,7 @@ from forensics.cli.models import format_alert
 from forensics.config import load_settings
 from forensics.errors import ForensicsError
 from forensics.logs import configure_logging
+from forensics.redact import redact
 
 __all__ = ["build_parser", "format_alert", "main"]
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(args.role, settings.log_level, settings.log_format)
         return args.func(args, settings)
     except ForensicsError as err:
-        print(f"forensics: error: {err}", file=sys.stderr)
+        print(f"forensics: error: {redact(err)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in TRAIN_EXTRA:

@@ -12,6 +12,8 @@ from pathlib import Path
 from forensics.cli.stop import stop_event
 from forensics.config import Settings
 from forensics.errors import ConfigError
+from forensics.logs import configure_logging
+from forensics.redact import redact
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -106,6 +108,8 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     from forensics.registry import Registry
     from forensics.scan import scan_file
 
+    if not args.log_level:  # scan's output is its verdict lines and one line per error, not progress logs
+        configure_logging("scan", "warning", settings.log_format)
     model = load_model(Registry(settings.models_dir), args.model, providers=settings.detect.providers)
     if model.warning:
         print(f"forensics: warning: {model.warning}", file=sys.stderr)
@@ -146,7 +150,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         roles.append(("web", ["web"]))
     sup = Supervisor(settings, roles, config=args.config, max_restarts=args.max_restarts)
     url = sup.start()
-    print(f"forensics up: {', '.join(n for n, _ in roles)} on {url}", flush=True)
+    print(f"forensics up: {', '.join(n for n, _ in roles)} on {redact(url)}", flush=True)
     sup.watch(stop_event())
     return 0
 

@@ -9,14 +9,13 @@ import time
 import numpy as np
 import redis
 
+from forensics.outage import Outage
 from forensics.streams import backlog, ensure_group
 from forensics.video import DecodedFrame
 from forensics.wire import FrameBatch, encode
 from workers.live.sampling import Sample
 
 HOLD_POLL_S = 0.1
-# A sender that cannot reach Redis waits this long before trying again.
-REDIS_RETRY_S = 1.0
 
 
 class SampleSender:
@@ -24,7 +23,10 @@ class SampleSender:
 
     def _send_loop(self) -> None:
         frames_key = self.keys.frames_for(self.id)
-        redis_down = False
+        conf = self.settings.redis
+        # Lost Redis: logged once per outage with its duration; retries back off (capped, jittered);
+        # decoding goes on and the samples that do not fit the pending queue are counted as drops.
+        outage = Outage(f"live source {self.id}", self.log, base_s=conf.retry_base_s, cap_s=conf.retry_cap_s)
         while not self._stop.is_set():
             if not self.pending.wait(0.25):
                 continue
@@ -39,17 +41,12 @@ class SampleSender:
                     self._send_or_drop(sample)
             except redis.RedisError as err:
                 self.hold = "redis"
-                if not redis_down:
-                    self.log.warning(f"cannot send to Redis: {err}; dropping the oldest samples meanwhile")
-                redis_down = True
-                if isinstance(err, redis.ResponseError) and "no such key" in str(err):
+                if isinstance(err, redis.ResponseError) and ("no such key" in str(err) or "NOGROUP" in str(err)):
                     with contextlib.suppress(redis.RedisError):
                         ensure_group(self.r, frames_key)  # the stream was deleted under us
-                self._stop.wait(REDIS_RETRY_S)
+                outage.wait(err, self._stop)
                 continue
-            if redis_down:
-                self.log.info("sending to Redis again")
-                redis_down = False
+            outage.ok()
 
     def _send_or_drop(self, sample: Sample) -> None:
         try:

@@ -17,7 +17,7 @@ from forensics.alerts import AlertWriter
 from forensics.config import LiveSourceSettings, Settings, resolve_frame_size
 from forensics.faces import FaceCropper, build_cropper
 from forensics.logs import get_logger
-from forensics.redisconn import redact
+from forensics.redact import redact
 from forensics.sources import COUNTERS, SENT_COUNTERS
 from forensics.streams import Keys
 from forensics.timestamps import now_iso

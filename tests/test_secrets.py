@@ -1,0 +1,93 @@
+"""Secrets never printed (issue 16): every output of real CLI processes is grepped for the password."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from forensics.redact import redact
+from forensics.redisconn import find_redis_server
+from tests.conftest import ROOT, free_port
+
+PASSWORD = "Tr0ub4dor-s3cret"
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        (f"redis://:{PASSWORD}@h:6379/0", "redis://:***@h:6379/0"),
+        (f"redis://user:{PASSWORD}@h/0", "redis://user:***@h/0"),
+        (f"rediss://h:6380/0?password={PASSWORD}&db=1", "rediss://h:6380/0?password=***&db=1"),
+        (f"redsi://:{PASSWORD}@host", "redsi://:***@host"),  # mistyped scheme
+        (f":{PASSWORD}@localhost:6379", ":***@localhost:6379"),  # no scheme at all
+        (f"rtsp://cam:{PASSWORD}@10.0.0.5/stream", "rtsp://cam:***@10.0.0.5/stream"),
+        (f"auth failed: password={PASSWORD}", "auth failed: password=***"),
+        ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
+    ],
+)
+def test_redact_hides_the_password_in_every_url_form(text, shown):
+    assert redact(text) == shown
+
+
+def _run(args, env_extra, timeout=60):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    p = subprocess.run([sys.executable, "-m", "forensics.cli", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)  # fmt: skip
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:{pw}@127.0.0.1:{port}/0",  # nobody listens: connection refused
+        "redis://127.0.0.1:{port}/0?password={pw}",
+        "redis://someone:{pw}@127.0.0.1:{port}/0",
+        "redsi://:{pw}@127.0.0.1:{port}",  # mistyped scheme: a config error
+        ":{pw}@127.0.0.1:{port}",  # unparseable
+    ],
+)
+def test_no_error_line_carries_the_password(url, tmp_path):
+    code, out = _run(["detect"], {"FORENSICS_REDIS__URL": url.format(pw=PASSWORD, port=free_port()),
+                                  "FORENSICS_STATE_DIR": str(tmp_path)})  # fmt: skip
+    assert code == 2 and "forensics: error:" in out
+    assert PASSWORD not in out
+    assert ".." not in out.replace("...", "")  # "Connection refused.. Check" is gone
+
+
+def test_up_banner_logs_and_auth_errors_never_show_the_password(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", PASSWORD],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password=PASSWORD).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FORENSICS_REDIS__URL": url,
+               "FORENSICS_STATE_DIR": str(tmp_path / "st"), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
+        up = subprocess.Popen([sys.executable, "-m", "forensics.cli", "up", "--detect-workers", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
+        banner = up.stdout.readline()
+        up.send_signal(signal.SIGTERM)
+        rest, _ = up.communicate(timeout=30)
+        assert banner.startswith("forensics up:") and f"127.0.0.1:{port}" in banner
+        assert PASSWORD not in banner + rest
+        # A wrong password: the auth error names the URL without either password.
+        code, out = _run(["detect"], {"FORENSICS_REDIS__URL": f"redis://:{PASSWORD}x@127.0.0.1:{port}/0",
+                                      "FORENSICS_STATE_DIR": str(tmp_path / "st")})  # fmt: skip
+        assert code == 2 and PASSWORD not in out and "***" in out
+    finally:
+        server.terminate()
+        server.wait(10)
