@@ -79,9 +79,17 @@ def test_up_banner_logs_and_auth_errors_never_show_the_password(tmp_path):
                "FORENSICS_STATE_DIR": str(tmp_path / "st"), "FORENSICS_LOG_FORMAT": "json"}  # fmt: skip
         up = subprocess.Popen([sys.executable, "-m", "forensics.cli", "up", "--detect-workers", "0"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
-        banner = up.stdout.readline()
+        # Roles log as they start (the web role may come first); the banner follows within a few lines.
+        head: list[str] = []
+        while len(head) < 20 and not any(line.startswith("forensics up:") for line in head):
+            line = up.stdout.readline()
+            if not line:
+                break
+            head.append(line)
+        banner = next((line for line in head if line.startswith("forensics up:")), "".join(head))
         up.send_signal(signal.SIGTERM)
         rest, _ = up.communicate(timeout=30)
+        rest = "".join(head) + rest
         assert banner.startswith("forensics up:") and f"127.0.0.1:{port}" in banner
         assert PASSWORD not in banner + rest
         # A wrong password: the auth error names the URL without either password.
