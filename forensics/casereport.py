@@ -273,8 +273,8 @@ def case_from_alert(r: redis.Redis, keys: Keys, alert_id: str, registry: Registr
     ranked = sorted(records, key=lambda c: -c.prob)
     ev = alert.get("evidence") or {}
     if isinstance(ev, dict) and "frame" in ev:
-        head = CropRecord(int(ev["frame"]), ev.get("pts"), ev.get("track"), float(ev.get("fake_prob", 0)),
-                          float(ev.get("mahalanobis", 0)), bool(ev.get("anomalous")), list(ev.get("box") or []))  # fmt: skip
+        head = CropRecord(int(ev["frame"]), ev.get("pts"), ev.get("track"), float(ev.get("fake_prob") or 0),
+                          float(ev.get("mahalanobis") or 0), bool(ev.get("anomalous")), list(ev.get("box") or []))  # fmt: skip
         ranked = [head] + [c for c in ranked if (c.frame, c.track) != (head.frame, head.track)]
     evidence, crops = [], []
     for rec in ranked:

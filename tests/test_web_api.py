@@ -271,6 +271,20 @@ def test_alert_detail_crop_and_per_track_timeline(app_with_users, r, prefix):
         assert ov["model"]["ok"] and ov["model"]["current"] == "v0001" and len(ov["model"]["sha256"]) == 64
 
 
+def test_a_verdict_links_to_its_case_report(app_with_users, r, prefix):
+    app, _ = app_with_users
+    alert = _seed_alert(r, prefix)
+    with TestClient(app, base_url=BASE) as c:
+        _login(c, "vera")
+        res = c.get("/api/alert/report", params={"id": alert["alert_id"]})
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/html")
+        assert "sandbox" in res.headers["content-security-policy"]
+        page = res.text
+        assert "clipA.mp4" in page and "FAKE" in page and "v0001" in page and "<svg" in page
+        assert c.get("/api/alert/report", params={"id": "nope:verdict"}).status_code == 404
+        assert 'id="case-report"' in c.get("/verdict").text  # the verdict page's link to it
+
+
 def test_report_files_only_from_the_manifest_never_outside(app_with_users):
     app, settings = app_with_users
     models = settings.models_dir

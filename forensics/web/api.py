@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from forensics.alerts import AlertNotFound, evidence_png, find_alert
+from forensics.casereport import case_from_alert, render_html
 from forensics.announce import promote_announced, rollback_announced
 from forensics.errors import RedisUnavailable
 from forensics.labels import LABELS, record_label
@@ -148,6 +149,18 @@ def api_models(request: Request) -> JSONResponse:
         return json_reply(versions(c.registry))
     except (OSError, ValueError) as err:
         return error(503, f"cannot read the model registry {c.registry.root}: {err}", registry=False)
+
+
+def api_case_report(request: Request) -> Response:
+    """The alert's case report (``forensics report ALERT_ID``'s page), self-contained HTML, served
+    sandboxed. The console reads only Redis and the registry, so the file's own facts and the saliency
+    figure are left out (the page says so); ``forensics report`` on the daemon's machine adds them."""
+    need(request)
+    c = console_of(request)
+    aid = alert_id_param(request)
+    case = c.redis.run(lambda r: case_from_alert(r, c.keys, aid, c.registry, c.settings))
+    return Response(render_html(case), media_type="text/html; charset=utf-8",
+                    headers={"content-security-policy": REPORT_CSP, "cache-control": "no-store"})  # fmt: skip
 
 
 def report(request: Request) -> Response:

@@ -95,6 +95,7 @@ def create_app(settings: Settings, *, config: str | None = None) -> Starlette:
         Route("/api/alert/timeline", api.api_timeline),
         Route("/api/alert/crop", api.api_crop),
         Route("/api/alert/explain", api_explain),
+        Route("/api/alert/report", api.api_case_report),
         Route("/api/alert/label", api.api_label, methods=["POST"]),
         Route("/api/labels", api.api_labels),
         Route("/api/models", api.api_models),

@@ -88,6 +88,9 @@ if (!id) {
   try {
     const d = await getJSON(`/api/alert?id=${encodeURIComponent(id)}`);
     document.getElementById("summary").replaceChildren(...summary(d));
+    const report = document.getElementById("case-report");
+    report.href = `/api/alert/report?id=${encodeURIComponent(d.alert.alert_id)}`;
+    report.hidden = false;
     crops(d);
     explain(d);
     chart(await getJSON(`/api/alert/timeline?id=${encodeURIComponent(id)}`), d.alert.threshold);
