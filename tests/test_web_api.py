@@ -128,6 +128,14 @@ def test_loopback_console_refuses_other_host_names(tmp_path, redis_url, prefix, 
         assert me["user"] == "local" and me["role"] == "analyst" and me["open"] is True
 
 
+def test_healthz_answers_without_a_sign_in_and_discloses_nothing(app_with_users):
+    app, _ = app_with_users
+    with TestClient(app, base_url=BASE) as c:
+        res = c.get("/healthz")
+        assert res.status_code == 200 and res.text == "ok\n"
+        assert c.get("/api/overview").status_code == 401
+
+
 def test_pages_and_api_need_a_sign_in(app_with_users):
     app, _ = app_with_users
     with TestClient(app, base_url=BASE) as c:

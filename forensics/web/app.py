@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -42,6 +42,12 @@ async def page(request: Request) -> Response:
     if console_of(request).access.principal(request) is None:
         return RedirectResponse("/login", status_code=303)
     return FileResponse(str(STATIC / PAGES[request.url.path]), headers={"cache-control": "no-store"})
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness for container healthchecks and Kubernetes probes: the process answers (no sign-in,
+    nothing disclosed; Redis being down is shown on the pages, not here)."""
+    return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
 
 
 async def login_page(request: Request) -> Response:
@@ -85,6 +91,7 @@ def create_app(settings: Settings, *, config: str | None = None) -> Starlette:
     routes = [
         *(Route(path, page) for path in PAGES),
         Route("/login", login_page),
+        Route("/healthz", healthz),
         Route("/api/me", api.api_me),
         Route("/api/login", api.api_login, methods=["POST"]),
         Route("/api/logout", api.api_logout, methods=["POST"]),
