@@ -23,11 +23,13 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from trainer.tapped import TappedFeatures
+
 DEFAULT_WIDTHS = (16, 32, 64, 128)  # one BasicBlock per stage: 76 ms per 128 px crop per training step
 # on a loaded 2-core CPU, 283 ms with widths 32..256 and two blocks per stage (see README)
 
 
-class ResNetDetector(nn.Module):
+class ResNetDetector(TappedFeatures, nn.Module):
     """Small from-scratch ResNet with tapped stage features; see the module docstring."""
 
     arch = "resnet"
@@ -67,18 +69,6 @@ class ResNetDetector(nn.Module):
         for m in self.modules():  # zero-init the last BN of each residual branch (Goyal et al. 2017)
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(f"feat{i}" for i in range(len(self.blocks)))
-
-    def output_names(self) -> list[str]:
-        return ["logits", *self.feature_names]
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """x float32 [N,3,S,S] in [0,1] -> (logits float32 [N], (feat_i float32 [N,C_i], ...))."""
-        logits, features, _ = self.forward_with_stats(x, stds=False)
-        return logits, features
 
     def forward_with_stats(
         self, x: torch.Tensor, *, stds: bool = True

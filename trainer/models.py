@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from trainer.tapped import TappedFeatures
+
 LATENT_DIM = 100
 SUPPORTED_IMAGE_SIZES = (64, 128, 256)
 
@@ -84,7 +86,7 @@ def warm_up_spectral_norm(model: nn.Module, iters: int = 200, tol: float = 1e-4)
             p.train(mode)
 
 
-class Discriminator(nn.Module):
+class Discriminator(TappedFeatures, nn.Module):
     """Spectral-norm convolutional discriminator with tapped features.
 
     Input: float32 [N,3,S,S] in [0,1]. ``forward`` returns ``(logits, features)``:
@@ -121,20 +123,6 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = spectral_norm(nn.Conv2d(in_ch, 1, 4, stride=1, padding=0))
         warm_up_spectral_norm(self)
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        """Names of the tapped features, in output order: ``feat0, feat1, ...``."""
-        return tuple(f"feat{i}" for i in range(len(self.blocks)))
-
-    def output_names(self) -> list[str]:
-        """ONNX output names in the order the flattened forward output comes: logits, feat0, ..."""
-        return ["logits", *self.feature_names]
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """x float32 [N,3,S,S] in [0,1] -> (logits float32 [N], (feat_i float32 [N,C_i], ...))."""
-        logits, features, _ = self.forward_with_stats(x, stds=False)
-        return logits, features
 
     def forward_with_stats(
         self, x: torch.Tensor, *, stds: bool = True
