@@ -134,7 +134,7 @@ def test_forensics_up_rides_out_a_20_s_redis_outage_without_restarting_a_role(tm
            "FORENSICS_LOG_FORMAT": "json", "FORENSICS_FACES__DETECTOR": "none", "FORENSICS_INGEST__FRAME_SIZE": str(SIZE),
            "FORENSICS_INGEST__STABLE_SECONDS": "0.2", "FORENSICS_INGEST__POLL_INTERVAL": "0.05",
            "FORENSICS_DETECT__PROVIDERS": '["CPUExecutionProvider"]', "FORENSICS_DETECT__INTRA_OP_THREADS": "1",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1", "FORENSICS_WEB__PORT": str(free_port())}  # fmt: skip
     up = _role(["up", "--watch", str(watch), "--detect-workers", "1"], env, tmp_path / "up.log")
     r = redis.Redis.from_url(server.url)
     keys = Keys(prefix)
@@ -166,7 +166,7 @@ def test_forensics_up_rides_out_a_20_s_redis_outage_without_restarting_a_role(tm
         assert sorted(verdicts()) == [f"u{i}.mp4" for i in range(4)]
         events = _log_events(tmp_path / "up.log")
         started = [e for e in events if e.get("event") == "role started"]
-        assert len(started) == 2, started  # ingest and detect-0, never restarted
+        assert len(started) == 3, started  # ingest, detect-0 and web, never restarted
         assert any(e.get("event") == "connected to Redis again" for e in events)
     finally:
         up.send_signal(signal.SIGTERM)
