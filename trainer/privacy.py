@@ -52,19 +52,35 @@ DECIMALS = (1, 2, 3, 4)
 
 
 def null_auc_bound(
-    scores: np.ndarray, n_member: int, *, q: float = 0.99, perms: int = 2000, seed: int = 0
+    scores: np.ndarray, n_member: int, *, groups: np.ndarray | None = None, q: float = 0.99, perms: int = 2000,
+    seed: int = 0,
 ) -> float:
     """The ``q`` quantile of the attack AUC when members are drawn at random from the same scores:
-    the largest AUC chance alone gives at this sample size (a permutation bound; ties count half)."""
+    the largest AUC chance alone gives at this sample size (a permutation bound; ties count half).
+
+    With ``groups`` (one id per score, e.g. its video), whole groups are drawn, as many as the members
+    span: crops of one video are correlated, so drawing single crops would make chance look too small.
+    """
     from scipy.stats import rankdata
 
     ranks = rankdata(scores)
     n, n0 = len(scores), len(scores) - n_member
     if n_member == 0 or n0 == 0:
         return float("nan")
-    pick = np.argsort(np.random.default_rng(seed).random((perms, n)), axis=1)[:, :n_member]
-    aucs = (ranks[pick].sum(1) - n_member * (n_member + 1) / 2) / (n_member * n0)
-    return float(np.quantile(aucs, q))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        pick = np.argsort(rng.random((perms, n)), axis=1)[:, :n_member]
+        aucs = (ranks[pick].sum(1) - n_member * (n_member + 1) / 2) / (n_member * n0)
+        return float(np.quantile(aucs, q))
+    ids = np.unique(groups)
+    k = len(np.unique(groups[:n_member]))
+    aucs = []
+    for _ in range(perms):
+        mask = np.isin(groups, rng.choice(ids, size=k, replace=False))
+        m = int(mask.sum())
+        if 0 < m < n:
+            aucs.append((ranks[mask].sum() - m * (m + 1) / 2) / (m * (n - m)))
+    return float(np.quantile(aucs, q)) if aucs else float("nan")
 
 
 def published(prob: np.ndarray, policy: str, threshold: float) -> np.ndarray:
@@ -101,8 +117,10 @@ def membership(prob_m: np.ndarray, cs_m: CropSet, prob_n: np.ndarray, cs_n: Crop
                 ym, yn = _per_video(ym, cs_m.video), _per_video(yn, cs_n.video)
             sm, sn = -loss_of(published(pm, policy, thr), ym), -loss_of(published(pn, policy, thr), yn)
             auc, tpr = auc_tpr(sm, sn)
+            # Per crop, chance is drawn by whole videos (their crops are correlated); per video, by video.
+            groups = np.r_[cs_m.video, cs_n.video + cs_m.video.max() + 1] if level == "crop" else None
             row[level] = {"auc": auc, "tpr_at_1fpr": tpr, "members": len(sm), "non_members": len(sn),
-                          "null_auc_99": null_auc_bound(np.r_[sm, sn], len(sm), seed=seed)}  # fmt: skip
+                          "null_auc_99": null_auc_bound(np.r_[sm, sn], len(sm), groups=groups, seed=seed)}  # fmt: skip
             if ref_m is not None and ref_n is not None and policy == "full":
                 rm, rn = ref_m, ref_n
                 if level == "video":
@@ -110,7 +128,8 @@ def membership(prob_m: np.ndarray, cs_m: CropSet, prob_n: np.ndarray, cs_n: Crop
                 cm, cn = sm + loss_of(rm, ym), sn + loss_of(rn, yn)  # -(target loss - reference loss)
                 auc, tpr = auc_tpr(cm, cn)
                 row[f"{level}_calibrated"] = {"auc": auc, "tpr_at_1fpr": tpr,
-                                              "null_auc_99": null_auc_bound(np.r_[cm, cn], len(cm), seed=seed)}  # fmt: skip
+                                              "null_auc_99": null_auc_bound(np.r_[cm, cn], len(cm), groups=groups,
+                                                                            seed=seed)}  # fmt: skip
         out[policy] = row
     return out
 
