@@ -92,7 +92,8 @@ def test_train_only_verbs_name_the_extra_in_one_line(base_venv, tmp_path):
 def test_scan_and_ingest_run_on_the_base_install(base_venv, trained, tmp_path, redis_url, prefix):
     from trainer.synth import render_sample_clip  # the main venv makes the clip, as it made the model
 
-    clip = render_sample_clip(tmp_path / "sample_fake.mp4", fake=True, seed=5, seconds=1.5)
+    clip = tmp_path / "sample_fake.mp4"
+    render_sample_clip(clip, fake=True, seed=5, seconds=1.5)
     models = str(trained["models_dir"])
     proc = _run(base_venv, ["scan", "--json", str(clip)], tmp_path, _env(FORENSICS_MODELS_DIR=models))
     assert proc.returncode == 0, proc.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from forensics.config import load_settings
+from tests.conftest import SERVE_DETECTOR
 from forensics.registry import Registry
 from forensics.streams import Keys
 from trainer.synth import render_sample_clip
@@ -35,7 +36,8 @@ def csettings(tmp_path, redis_url, prefix, trained, monkeypatch):
     shutil.copytree(trained["models_dir"], models, symlinks=True)
     env = {"REDIS__URL": redis_url, "REDIS__PREFIX": prefix, "MODELS_DIR": str(models), "LOG_FORMAT": "json",
            "LOG_LEVEL": "warning", "INGEST__WATCH_DIR": str(tmp_path / "watch"), "INGEST__SAMPLE": "fps",
-           "INGEST__FPS": "5", "INGEST__BATCH_SIZE": "4", "INGEST__FRAME_SIZE": "64"}  # fmt: skip
+           "INGEST__FPS": "5", "INGEST__BATCH_SIZE": "4", "INGEST__FRAME_SIZE": "64",
+           "FACES__DETECTOR": SERVE_DETECTOR}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(f"FORENSICS_{k}", v)
     return load_settings()

@@ -18,6 +18,7 @@ import pytest
 from forensics.alerts import AlertWriter, make_alert
 from forensics.config import load_settings
 from forensics.provenance import SYNTHETIC_WARNING
+from tests.conftest import SERVE_DETECTOR
 from forensics.registry import Registry
 from forensics.streams import Keys, backlog, ensure_group
 from forensics.wire import FrameBatch, encode
@@ -50,6 +51,7 @@ def dsettings(tmp_path, redis_url, prefix, trained):
         ingest={"watch_dir": tmp_path / "watch", "stable_seconds": 0.1, "poll_interval": 0.05, "frame_size": 64,
                 "sample": "fps", "fps": 5.0, "batch_size": 4},
         detect={"claim_idle_ms": 500, "max_deliveries": 2, "block_ms": 100},
+        faces={"detector": SERVE_DETECTOR},
         alerts={"scores": "full"},  # these tests compare published scores with thresholds and torch (parity)
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from forensics.config import load_settings
+from tests.conftest import SERVE_DETECTOR
 from forensics.disclosure import RESULT_FIELDS, RESULT_FIELDS_LABEL, disclose
 from forensics.streams import Keys, ensure_group
 from forensics.wire import FrameBatch, encode
@@ -119,7 +120,7 @@ def psettings(tmp_path, redis_url, prefix, trained):
             redis={"url": redis_url, "prefix": f"{prefix}{policy}"},
             ingest={"frame_size": 64, "sample": "fps", "fps": 5.0, "batch_size": 4},
             detect={"block_ms": 50, "anomaly_rate": 0.01, "window_s": 3.0},
-            alerts={"scores": policy, "score_decimals": decimals},
+            alerts={"scores": policy, "score_decimals": decimals}, faces={"detector": SERVE_DETECTOR},
         )  # fmt: skip
 
     return make

@@ -8,10 +8,17 @@ import shutil
 import pytest
 
 from forensics.config import load_settings
+from forensics.logs import configure_logging
 from forensics.registry import Registry, sha256_file
 from forensics.streams import Keys
 from tests.tinymodel import copy_registry
 from workers.detect import DetectWorker
+
+
+@pytest.fixture(autouse=True)
+def info_logging():
+    """These tests read the worker's log lines: an earlier in-process CLI run may have left the level higher."""
+    configure_logging("detect", "info", "json")
 
 
 @pytest.fixture

@@ -196,5 +196,5 @@ def test_256_px_model_trains_exports_and_serves(tmp_path, small_dataset):
     assert metrics["parity"]["max_abs_diff"] < 1e-3  # ONNX export matches torch at 256 px
     model = load_model(Registry(tmp_path / "models"), out["version"])
     clip = next(small_dataset.rglob("*.mp4"))
-    verdict = scan_file(clip, Settings(models_dir=tmp_path / "models"), model)
+    verdict = scan_file(clip, Settings(models_dir=tmp_path / "models"), model, full_scores=True)
     assert verdict["faces_scored"] > 0 and 0 <= verdict["score"] <= 1

@@ -522,7 +522,9 @@ def recipe_cache(cache_dir: str | Path, config: dict) -> CropCache:
     """The crop cache a recipe trained from (same cached size and frames per video), loading at its input size."""
     size = int(config.get("image_size", 64))
     return CropCache(cache_dir, CropConfig(size=int(config.get("crop_size") or size),
-                                           frames_per_video=int(config.get("frames_per_video", 16))), out_size=size)  # fmt: skip
+                                           frames_per_video=int(config.get("frames_per_video", 16)),
+                                           detector=str(config.get("crop_detector") or "blazeface")),
+                     out_size=size)  # fmt: skip
 
 
 def recipe_splits(videos: Sequence[Video], config: dict) -> dict[str, list[Video]]:

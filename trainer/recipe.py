@@ -54,5 +54,6 @@ class TrainConfig:
     augment: str = "basic"  # basic (flip, affine) | strong (+ compression, resize, colour, cut-out)
     train_frames: int = 0  # use at most this many crops per training video (0: all cached)
     crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
+    crop_detector: str = "blazeface"  # face detector of the crop cache: serve with the same faces.detector
 
 

@@ -132,7 +132,8 @@ class Trainer:
     def load_data(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        self.crop_cfg = CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video)
+        self.crop_cfg = CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video,
+                                   detector=cfg.crop_detector)  # fmt: skip
         cache = CropCache(cfg.cache_dir, self.crop_cfg)
         if self.dist.on:
             if self.dist.main:
