@@ -284,7 +284,7 @@ def _scored_crops(trained, worker) -> dict[str, np.ndarray]:
 
     cfg = trained["config"]
     videos = read_dataset(cfg.data)
-    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video)).load(videos)
+    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector)).load(videos)
     p = worker.model.score(cs.images).fake_prob
     t, h = worker.model.video_threshold, worker.settings.detect.hysteresis
     order = np.argsort(p)

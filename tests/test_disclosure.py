@@ -131,7 +131,7 @@ def _crops(trained) -> tuple[np.ndarray, np.ndarray]:
     from trainer.data import CropCache, CropConfig, read_dataset
 
     cfg = trained["config"]
-    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video)).load(
+    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector)).load(
         read_dataset(cfg.data)
     )
     fakes = cs.images[cs.labels == 1][:8]

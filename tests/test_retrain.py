@@ -193,7 +193,7 @@ def test_poisoned_batch_is_mostly_quarantined_while_clean_new_data_is_kept(r, rs
 
     cfg = trained["config"]
     model = load_model(Registry(rsettings.models_dir))
-    cache = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video))
+    cache = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector))
     splits = split_by_group(read_dataset(cfg.data), val=cfg.val_share, test=cfg.test_share, seed=cfg.seed)
     val = cache.load(splits["val"])
     cal = calibrate(model, val.images, val.labels, val.video, outlier_quantile=0.995, flip_quantile=0.95)
@@ -299,7 +299,7 @@ def _frames(trained) -> np.ndarray:
     from trainer.data import CropCache, CropConfig, read_dataset
 
     cfg = trained["config"]
-    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video)).load(read_dataset(cfg.data))
+    cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector)).load(read_dataset(cfg.data))
     return cs.images[:: max(1, len(cs) // 32)][:32]
 
 

@@ -64,7 +64,7 @@ def test_exported_model_and_scorer_agree_with_the_manifest(trained):
     assert scorer.threshold == pytest.approx(art.manifest["thresholds"]["anomaly"])
     cfg = trained["config"]
     videos = read_dataset(cfg.data)
-    crops = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video)).load(videos[:4])
+    crops = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector)).load(videos[:4])
     out = net.run(crops.images)
     clean_flag_rate = float((scorer.score(out.features) > scorer.threshold).mean())
     assert clean_flag_rate < 0.5  # training crops are in distribution
