@@ -19,6 +19,8 @@ defence's ``track_threshold``, calibrated on clean validation tracks.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -40,7 +42,9 @@ class CropRecord:
 
     @classmethod
     def from_json(cls, v: list) -> CropRecord:
-        return cls(int(v[0]), v[1], v[2], float(v[3]), float(v[4]), bool(v[5]), list(v[6]))
+        # Rows published under alerts.scores = label carry the 0/1 decision and no distance (null).
+        return cls(int(v[0]), v[1], v[2], float(v[3]), math.nan if v[4] is None else float(v[4]), bool(v[5]),
+                   list(v[6]))  # fmt: skip
 
 
 def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[str, Any],

