@@ -24,6 +24,7 @@ scores' noise away while keeping that shift.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ class Defence:
     weights          [F], bias: crop score = bias + features @ weights
     threshold        crop score above it: anomalous crop (clean FPR ``fpr`` on validation crops)
     track_threshold  mean crop score of a track above it: anomalous track (same FPR, validation tracks)
+    calibration      how the thresholds were set and the bootstrap spread of their rate on new videos
+                     (``trainer.calibration.calibrate_videos``; {} in files from before issue 17)
     """
 
     blocks: tuple[str, ...]
@@ -73,6 +76,7 @@ class Defence:
     threshold: float = float("nan")
     track_threshold: float = float("nan")
     fpr: float = float("nan")
+    calibration: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def extra_passes(self) -> int:
@@ -112,11 +116,12 @@ class Defence:
     def with_weights(self, weights: np.ndarray, bias: float) -> Defence:
         return dataclasses.replace(self, weights=np.asarray(weights, np.float64), bias=float(bias))
 
-    def with_thresholds(self, threshold: float, track_threshold: float, fpr: float) -> Defence:
+    def with_thresholds(self, threshold: float, track_threshold: float, fpr: float,
+                        calibration: dict | None = None) -> Defence:  # fmt: skip
         if not (np.isfinite(threshold) and np.isfinite(track_threshold)):
             raise ValueError(f"thresholds must be finite, got {threshold}, {track_threshold}")
         return dataclasses.replace(self, threshold=float(threshold), track_threshold=float(track_threshold),
-                                   fpr=float(fpr))  # fmt: skip
+                                   fpr=float(fpr), calibration=dict(calibration or {}))  # fmt: skip
 
     # -- file ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -132,6 +137,7 @@ class Defence:
             "threshold": np.array(self.threshold),
             "track_threshold": np.array(self.track_threshold),
             "fpr": np.array(self.fpr),
+            "calibration": np.array(json.dumps(self.calibration), np.str_),
         }
         if self.channel is not None:
             arrays.update({f"channel/{k}": v for k, v in self.channel.to_arrays().items()})
@@ -167,6 +173,7 @@ class Defence:
         scalars = {k: float(a[k]) for k in ("pooled_bias", "bias", "threshold", "track_threshold", "fpr")}
         if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not np.isfinite(scalars["bias"]):
             raise ModelError("weights and bias must be finite")
+        calibration = json.loads(str(a["calibration"])) if "calibration" in a else {}
         return cls(blocks=blocks, channel=channel, squeezers=squeezers,
                    pooled_weights=np.asarray(a["pooled_weights"], np.float64), weights=weights,
-                   **scalars)  # fmt: skip
+                   calibration=calibration, **scalars)  # fmt: skip

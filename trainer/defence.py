@@ -5,7 +5,8 @@ logistic-regression ensemble on VALIDATION crops, clean and noisy (uniform +-4/2
 against FGSM positives at 4/255 and 8/255 (a different attack from the PGD the evaluation tests,
 so the detector is not fit to the test attack) and the pooled scorer's generic "not a clean crop"
 positives (uniform noise, tile-shuffled crops; never the OOD kinds it is tested on); thresholds at ``fpr`` of clean validation crops
-and of clean validation face tracks (one per video). Features are computed with the very numpy
+and of clean validation face tracks (one per video), every video weighted equally, on out-of-fold
+scores, with a video-block bootstrap of the rate on new videos (:func:`trainer.calibration.calibrate_videos`). Features are computed with the very numpy
 code the worker runs (:meth:`forensics.defence.Defence.features`), from torch outputs that match
 ONNX Runtime to the export's parity tolerance.
 """
@@ -19,9 +20,10 @@ import torch
 
 from forensics.defence import BLOCKS, Defence, channel_features
 from forensics.runtime import Inference
-from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
+from forensics.scoring import MahalanobisScorer, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
+from trainer.calibration import calibrate_videos, generic_positive_videos, out_of_fold_scores
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits
 from trainer.metrics import logit, roc_auc, run_batched
 from trainer.models import Discriminator, LogitsOnly, WithChannelStats
@@ -95,16 +97,20 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
     widths = {"pooled": len(pooled.layer_names), "channel": len(names), "squeeze": 2 * len(SQUEEZERS)}
     start = dict(zip(BLOCKS, np.cumsum([0, *[widths[b] for b in BLOCKS]])))
     out = {}
+    pos_video = {**{f"fgsm{e}": val.video for e in FIT_EPS}, "generic": generic_positive_videos(val.video)}
     for name, (blocks, ood_positives) in CANDIDATES.items():
         cols = np.concatenate([np.arange(start[b], start[b] + widths[b]) for b in blocks])
         pos_sets = [*(f"fgsm{e}" for e in FIT_EPS), *(["generic"] if ood_positives else [])]
-        weights, bias = fit_layer_weights(np.concatenate([feats["clean"][:, cols], feats["noisy"][:, cols]]),
-                                          np.concatenate([feats[k][:, cols] for k in pos_sets]))  # fmt: skip
+        neg = np.concatenate([feats["clean"][:, cols], feats["noisy"][:, cols]])
+        pos = np.concatenate([feats[k][:, cols] for k in pos_sets])
+        weights, bias = fit_layer_weights(neg, pos)
         d = dataclasses.replace(full, blocks=blocks, channel=channel if "channel" in blocks else None,
                                 squeezers=full.squeezers if "squeeze" in blocks else ()).with_weights(weights, bias)  # fmt: skip
-        clean = d.combine(feats["clean"][:, cols])
-        out[name] = d.with_thresholds(calibrate_threshold(clean, fpr), calibrate_threshold(track_means(clean, val.video), fpr),
-                                      fpr)  # fmt: skip
+        # Thresholds from out-of-fold scores: weights that saw a video's crops score them too low.
+        clean = out_of_fold_scores(neg, np.r_[val.video, val.video], pos, np.concatenate([pos_video[k] for k in pos_sets]),
+                                   feats["clean"][:, cols], val.video, seed=seed)  # fmt: skip
+        crop_thr, track_thr, record = calibrate_videos(clean, val.video, fpr, seed=seed)
+        out[name] = d.with_thresholds(crop_thr, track_thr, fpr, record)
     return out
 
 

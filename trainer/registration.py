@@ -88,6 +88,7 @@ def register(trainer: Trainer, D: Discriminator, scorer: MahalanobisScorer, metr
                 "ood_detection": metrics["ood_detection"]["all"],
             }),
             "thresholds": thresholds,
+            "calibration": jsonable(metrics.get("calibration")),
             "parent": cfg.parent if cfg.parent is not None else reg.current(),
             "onnx": {"external_data": False, "opset": parity.get("opset")},
             "torch_weights": "discriminator.pt",

@@ -34,7 +34,7 @@ from torch import nn
 from forensics.logs import get_logger
 from forensics.scoring import calibrate_threshold
 from trainer import attacks
-from trainer.calibration import calibrated_scorer, decision_thresholds, fit_scorer
+from trainer.calibration import calibrated_scorer, decision_thresholds, exceedance, fit_scorer
 from trainer.data import (
     CropCache,
     CropConfig,
@@ -45,12 +45,13 @@ from trainer.data import (
     training_transform,
 )
 from trainer.defence import SHIPPED as SHIPPED_DEFENCE
-from trainer.defence import fit_defences
+from trainer.defence import crop_features, fit_defences, track_means
 from trainer.heldout import heldout_metrics
 from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
     Discriminator,
     LogitsOnly,
+    WithChannelStats,
     build_detector,
     build_generator,
     warm_up_spectral_norm,
@@ -391,8 +392,8 @@ class Trainer:
         frame_thr, video_thr = decision_thresholds(D, val, self.val_x)
         val_adv = attack_batch(D, self.val_x[self.val_sub], torch.from_numpy(self.val_y[self.val_sub.numpy()]).float(),
                                8 / 255, "fgsm", 1, self.gen)  # fmt: skip
-        scorer = calibrated_scorer(D, self.crops["train"], val, self.val_x, val_adv, seed=cfg.seed,
-                                   fpr=cfg.anomaly_fpr)  # fmt: skip
+        scorer, scorer_calibration = calibrated_scorer(D, self.crops["train"], val, self.val_x, val_adv, seed=cfg.seed,
+                                                       fpr=cfg.anomaly_fpr, adv_video=val.video[self.val_sub.numpy()])  # fmt: skip
         anomaly_thr = scorer.threshold
         # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
         self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
@@ -422,6 +423,15 @@ class Trainer:
         metrics["ood_detection"] = {**ood_rates, "all": float(np.mean(list(ood_rates.values()))),
                                     "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
 
+        # Calibration (issue 17): how the thresholds were set, the bootstrap spread on new videos, and
+        # the rate the shipped defence then has on the clean test split, crops and tracks.
+        test_scores = shipped.combine(crop_features(shipped, scorer, WithChannelStats(D).eval(), test.images))
+        metrics["calibration"] = {
+            "scorer": scorer_calibration, "defence": shipped.calibration,
+            "defence_clean_test_fpr": {"crop": exceedance(test_scores, test.video, shipped.threshold),
+                                       "track": float((track_means(test_scores, test.video) > shipped.track_threshold).mean()),
+                                       "videos": int(len(np.unique(test.video)))},
+        }  # fmt: skip
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
                       "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
                       "defence_track": shipped.track_threshold}  # fmt: skip
