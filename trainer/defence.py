@@ -23,11 +23,12 @@ from forensics.runtime import Inference
 from forensics.scoring import MahalanobisScorer, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
-from trainer.calibration import calibrate_videos, generic_positive_videos, out_of_fold_scores
+from trainer.calibration import calibrate_videos, exceedance, generic_positive_videos, out_of_fold_scores
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits
 from trainer.metrics import logit, roc_auc, run_batched
 from trainer.models import Discriminator, LogitsOnly, WithChannelStats
 from trainer.ood import scorer_fit_positives
+from trainer.recipe import TrainConfig
 
 # name -> (feature blocks, whether the generic OOD positives join the FGSM ones, squeezers). Compared
 # in the evaluation and bench/defence.py. Issue 8's study (experiments/defence_study.py): squeezing
@@ -43,7 +44,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
     "channel+squeeze, FGSM positives only": (("channel", "squeeze"), False, tuple(SQUEEZERS)),
     **{f"channel+{name}": (("channel", "squeeze"), True, (name,)) for name in SQUEEZERS},
 }
-SHIPPED = "channel+squeeze"
+SHIPPED = TrainConfig.defence  # the default; a run ships its TrainConfig.defence
 FIT_EPS = (4 / 255, 8 / 255)  # FGSM radii of the positives
 NOISE_EPS = 4 / 255  # uniform noise of the noisy negatives
 
@@ -117,6 +118,13 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
         crop_thr, track_thr, record = calibrate_videos(clean, val.video, fpr, seed=seed)
         out[name] = d.with_thresholds(crop_thr, track_thr, fpr, record)
     return out
+
+
+def clean_rates(defence: Defence, pooled: MahalanobisScorer, D: Discriminator, clean: CropSet) -> dict:
+    """The rates at which ``defence`` flags clean crops (every video weighted equally) and clean tracks."""
+    scores = defence.combine(crop_features(defence, pooled, WithChannelStats(D).eval(), clean.images))
+    return {"crop": exceedance(scores, clean.video, defence.threshold), "videos": int(len(np.unique(clean.video))),
+            "track": float((track_means(scores, clean.video) > defence.track_threshold).mean())}  # fmt: skip
 
 
 def fit_defence(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, val: CropSet, **kwargs) -> Defence:
@@ -226,8 +234,8 @@ def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed
             (vdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(art.path / name, vdir / name)
     parity = export_discriminator(D, vdir / "model.onnx", as_float_tensor(splits["val"].images[:64]))
-    defence = fit_defence(D, pooled, splits["train"], splits["val"], fpr=float(config.get("anomaly_fpr", 0.05)),
-                          seed=seed)  # fmt: skip
+    defence = fit_defences(D, pooled, splits["train"], splits["val"], fpr=float(config.get("anomaly_fpr", 0.05)),
+                           seed=seed)[config.get("defence", SHIPPED)]  # fmt: skip
     defence.save(vdir / "defence.npz")
     fields = {k: v for k, v in art.manifest.items() if k not in ("files", "format", "version", "created_at")}
     fields["thresholds"] = {**fields.get("thresholds", {}), "defence_crop": defence.threshold,

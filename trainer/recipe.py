@@ -35,6 +35,9 @@ class TrainConfig:
     val_share: float = 0.15
     test_share: float = 0.2
     anomaly_fpr: float = 0.05
+    # The second line that ships in defence.npz: a name of trainer.defence.CANDIDATES. One squeezer
+    # (issue 17: ~2x the bare model per face; "channel+squeeze" is issue 8's four, ~5x).
+    defence: str = "channel+median3"
     seed: int = 0
     device: str = "cpu"
     workers: int = 2  # crop extraction processes

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from forensics.errors import ConfigError
 from forensics.logs import get_logger
 from forensics.scoring import calibrate_threshold
 from trainer import attacks
-from trainer.calibration import calibrated_scorer, decision_thresholds, exceedance, fit_scorer
+from trainer.calibration import calibrated_scorer, decision_thresholds, fit_scorer
 from trainer.data import (
     CropCache,
     CropConfig,
@@ -44,14 +45,13 @@ from trainer.data import (
     torch_dataset,
     training_transform,
 )
-from trainer.defence import SHIPPED as SHIPPED_DEFENCE
-from trainer.defence import crop_features, fit_defences, track_means
+from trainer.defence import CANDIDATES as DEFENCE_CANDIDATES
+from trainer.defence import clean_rates, fit_defences
 from trainer.heldout import heldout_metrics
 from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
     Discriminator,
     LogitsOnly,
-    WithChannelStats,
     build_detector,
     build_generator,
     warm_up_spectral_norm,
@@ -117,6 +117,8 @@ def attack_batch(model: Discriminator, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
+        if cfg.defence not in DEFENCE_CANDIDATES:
+            raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {', '.join(DEFENCE_CANDIDATES)}")
         self.cfg = cfg
         self.dist = dist or Dist()
         self.log = get_logger(rank=self.dist.rank) if self.dist.on else get_logger()
@@ -397,7 +399,7 @@ class Trainer:
         anomaly_thr = scorer.threshold
         # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
         self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
-        shipped = self.defences[SHIPPED_DEFENCE]
+        shipped = self.defences[cfg.defence]
 
         # Held-out test split: both models, same data.
         test = self.crops["test"]
@@ -425,13 +427,8 @@ class Trainer:
 
         # Calibration (issue 17): how the thresholds were set, the bootstrap spread on new videos, and
         # the rate the shipped defence then has on the clean test split, crops and tracks.
-        test_scores = shipped.combine(crop_features(shipped, scorer, WithChannelStats(D).eval(), test.images))
-        metrics["calibration"] = {
-            "scorer": scorer_calibration, "defence": shipped.calibration,
-            "defence_clean_test_fpr": {"crop": exceedance(test_scores, test.video, shipped.threshold),
-                                       "track": float((track_means(test_scores, test.video) > shipped.track_threshold).mean()),
-                                       "videos": int(len(np.unique(test.video)))},
-        }  # fmt: skip
+        metrics["calibration"] = {"scorer": scorer_calibration, "defence": shipped.calibration,
+                                  "defence_clean_test_fpr": clean_rates(shipped, scorer, D, test)}  # fmt: skip
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
                       "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
                       "defence_track": shipped.track_threshold}  # fmt: skip

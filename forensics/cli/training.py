@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         batch_size=args.batch_size,
         adv_mode=args.adv_mode,
         eps=args.eps,
+        defence=args.defence,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -191,6 +192,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="fgsm: FGSM with random start (cheap)")
     s.add_argument("--eps", type=_pixel_eps, default=RECIPE["eps"], help="final adversarial training radius, e.g. 6/255")
+    s.add_argument("--defence", default=RECIPE["defence"],
+                   help="second line shipped in defence.npz: a name of trainer.defence.CANDIDATES, e.g. "
+                        "channel+median3 (default, 1 extra model pass) or channel+squeeze (4)")  # fmt: skip
     s.add_argument("--seed", type=int, default=RECIPE["seed"])
     s.add_argument("--device", choices=["cpu", "cuda"], default=RECIPE["device"])
     s.add_argument("--threads", type=int, default=RECIPE["threads"], help="torch threads (0: default)")
