@@ -11,11 +11,15 @@ Per crop, a feature vector made of blocks (which blocks a version uses is stored
 - ``channel``: per-layer squared Mahalanobis distances of per-channel [mean, std] of every block's
   feature map (ONNX outputs ``feat_l`` and ``std_l``), class means and tied Ledoit-Wolf covariance;
 - ``squeeze``: for each small input transform of :mod:`forensics.squeeze`, the absolute change of
-  the logit and of the pooled Mahalanobis score (one extra model pass per transform).
+  the logit and of the pooled Mahalanobis score (one extra model pass per transform; the worker runs
+  the crops and their squeezed copies in one ONNX Runtime call). Issue 8 used four transforms;
+  since issue 17 a version ships one by default (``TrainConfig.defence``, chosen by measurement in
+  ``bench/defence.py``): about 2x the bare model's cost per face instead of about 5x.
 
 The crop's score is a logistic-regression combination ``bias + features @ weights`` fitted on
 validation data (clean and noisy crops against FGSM examples). ``threshold`` flags a crop at the
-chosen clean false-positive rate; ``track_threshold`` flags a face track (or a live window) whose
+chosen clean false-positive rate (every validation video weighted equally, out-of-fold scores;
+``calibration`` records how and the bootstrap spread of the rate on new videos); ``track_threshold`` flags a face track (or a live window) whose
 MEAN crop score is over it, calibrated the same way on clean validation tracks: per-frame
 perturbations shift every frame's score a little, and the mean over a track averages the clean
 scores' noise away while keeping that shift.
