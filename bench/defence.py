@@ -81,7 +81,7 @@ def detection(model, d, name: str, ctx: dict, args) -> dict:
     keep = ("detection_rate", "clean_fpr", "auroc", "track_detection_rate", "track_clean_fpr", "track_auroc", "ood_all")
     return {**{k: row[k] for k in keep}, "fooling_examples": ev["fooling_examples"], "fooled_tracks": ev["fooled_tracks"],
             "adaptive_frame": ev.get("adaptive_frame"), "adaptive_track": ev.get("adaptive_track"),
-            "calibration": {k: d.calibration.get(k, {}).get(q) for k in ("crop", "track") for q in ("p05", "p95")}
+            "calibration": {f"{k}_{q}": d.calibration.get(k, {}).get(q) for k in ("crop", "track") for q in ("p05", "p95")}
             if d.calibration else None}  # fmt: skip
 
 
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
                       "over_bare": ms[name] / bare, "squeezers_opencv_ms": ms[f"{name}/squeezers"]}  # fmt: skip
         if ctx:
             rows[name]["detection"] = detection(model, d, name, ctx, args)
+            print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)  # progress: detection is slow
     print(json.dumps({
         "version": model.artifact.version, "input_size": model.size, "batch": args.batch, "faces": len(images),
         "ort_threads": args.threads, "ms_per_face": {"bare_model": bare, "pooled_scorer": ms["pooled_scorer"]},
