@@ -20,7 +20,7 @@ clean crop and track false-positive rates, OOD detection, and the adaptive attac
 squeezers, ``--adaptive-steps``) per frame and per track: ``combined_success`` = called real and not
 flagged. Needs the ``train`` extra (torch) for ``--data``.
 
-    .venv/bin/python bench/defence.py --models DIR [--version V] [--batch 32] [--data DIR ...]
+    .venv/bin/python bench/defence.py --models DIR [--version V] [--batch 32] [--data DIR ... [--cost-only]]
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--adaptive-frames", type=int, default=200)
     p.add_argument("--adaptive-steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cost-only", action="store_true", help="with --data: fit the options, time them, skip detection")
     args = p.parse_args(argv)
     try:
         model = load_model(Registry(args.models), args.version, intra_op_threads=args.threads)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     for name, d in options.items():
         rows[name] = {"squeezers": list(d.squeezers), "extra_model_passes": d.extra_passes, "ms_per_face": ms[name],
                       "over_bare": ms[name] / bare, "squeezers_opencv_ms": ms[f"{name}/squeezers"]}  # fmt: skip
-        if ctx:
+        if ctx and not args.cost_only:
             rows[name]["detection"] = detection(model, d, name, ctx, args)
             print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)  # progress: detection is slow
     print(json.dumps({
