@@ -97,7 +97,7 @@ def test_conformal_track_threshold_keeps_new_clean_tracks_under_the_target():
     rng = np.random.default_rng(3)
     rates = []
     for _ in range(60):
-        s, v, u, n = draw(rng, 200)
+        s, v, _, _ = draw(rng, 200)
         means = np.array([s[v == i].mean() for i in range(200)])
         t = track_threshold(means, FPR)
         # A new track of n crops has mean ~ N(0, 1 + 1/n), n uniform on 3..30.

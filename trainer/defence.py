@@ -123,7 +123,7 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
 def clean_rates(defence: Defence, pooled: MahalanobisScorer, D: Discriminator, clean: CropSet) -> dict:
     """The rates at which ``defence`` flags clean crops (every video weighted equally) and clean tracks."""
     scores = defence.combine(crop_features(defence, pooled, WithChannelStats(D).eval(), clean.images))
-    return {"crop": exceedance(scores, clean.video, defence.threshold), "videos": int(len(np.unique(clean.video))),
+    return {"crop": exceedance(scores, clean.video, defence.threshold), "videos": len(np.unique(clean.video)),
             "track": float((track_means(scores, clean.video) > defence.track_threshold).mean())}  # fmt: skip
 
 

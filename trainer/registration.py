@@ -110,7 +110,7 @@ def write_eval_report(trainer: Trainer, version: str, vdir: Path, D: Discriminat
     onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
     result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, trainer.crops["test"],
                             seed=trainer.cfg.seed, quick=True, generator=trainer.G.eval(),
-                            defences=trainer.defences, shipped_defence=cfg.defence)  # fmt: skip
+                            defences=trainer.defences, shipped_defence=trainer.cfg.defence)  # fmt: skip
     result["version"] = version
     write_report(result, trainer.history, vdir / "report" / "eval")
     trainer.timings["eval_s"] = time.monotonic() - t0

@@ -118,7 +118,7 @@ def attack_batch(model: Discriminator, x: torch.Tensor, y: torch.Tensor, eps: fl
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
         if cfg.defence not in DEFENCE_CANDIDATES:
-            raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {', '.join(DEFENCE_CANDIDATES)}")
+            raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {'; '.join(DEFENCE_CANDIDATES)}")
         self.cfg = cfg
         self.dist = dist or Dist()
         self.log = get_logger(rank=self.dist.rank) if self.dist.on else get_logger()
@@ -425,8 +425,7 @@ class Trainer:
         metrics["ood_detection"] = {**ood_rates, "all": float(np.mean(list(ood_rates.values()))),
                                     "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
 
-        # Calibration (issue 17): how the thresholds were set, the bootstrap spread on new videos, and
-        # the rate the shipped defence then has on the clean test split, crops and tracks.
+        # Issue 17: how the thresholds were set, their bootstrap spread, the shipped defence's clean test rates.
         metrics["calibration"] = {"scorer": scorer_calibration, "defence": shipped.calibration,
                                   "defence_clean_test_fpr": clean_rates(shipped, scorer, D, test)}  # fmt: skip
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
