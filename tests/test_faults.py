@@ -1,4 +1,6 @@
-"""Faults (issue 16): Redis SIGKILLed and restarted under running ingest and detect processes.
+"""Faults (issue 16): Redis SIGKILLed (3 s) or SIGTERMed (60 s, under `forensics up`) and restarted
+under running ingest and detect processes. (Live sources: tests/test_live.py; the 30-minute mix:
+bench/soak.py.)
 
 Real redis-server with append-only persistence (appendfsync always), real H.264 files, the
 real CLI processes on a small real ONNX model version. Nothing is mocked.
