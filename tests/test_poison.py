@@ -56,7 +56,8 @@ def _tamper(fields: dict, **meta_changes) -> dict:
 
 
 def _poison_entries() -> dict[str, tuple[dict, str]]:
-    """The four poison entries of issue 16, with the words their dead letters must carry."""
+    """The four poison entries of issue 16 and the one the atheris fuzzer found (a null landmarks
+    list, which raised TypeError past the decoder), with the words their dead letters must carry."""
     sq = _good("p-square")
     sq_fields = encode(sq)
     sq_fields = _tamper(sq_fields, shape=[3, SIZE, SIZE // 2, 3])
@@ -67,6 +68,7 @@ def _poison_entries() -> dict[str, tuple[dict, str]]:
         "p-nan": (_tamper(encode(_good("p-nan")), pts=[float("nan"), 0.1, 0.2]), "NaN"),
         "p-many": (_tamper(encode(eof), info={"batches": "many"}), "info.batches"),
         "p-wall": (_tamper(encode(_good("p-wall", n=1, kind="live")), wall=["abc"]), "wall"),
+        "p-marks": (_tamper(encode(_good("p-marks")), landmarks=None), "landmarks"),
     }
 
 
@@ -83,7 +85,7 @@ def _wait(cond, timeout=30.0):
     return False
 
 
-@pytest.mark.parametrize("name", ["p-square", "p-nan", "p-many", "p-wall"])
+@pytest.mark.parametrize("name", ["p-square", "p-nan", "p-many", "p-wall", "p-marks"])
 def test_each_poison_entry_is_refused_by_the_decoder_with_a_clear_error(name):
     fields, words = _poison_entries()[name]
     with pytest.raises(WireError, match=words):
@@ -105,27 +107,28 @@ def test_poison_entries_are_dead_lettered_with_their_errors_and_the_good_file_in
     ids["p-many"] = r.xadd(keys.frames, poison["p-many"][0])
     r.xadd(keys.frames, encode(FrameBatch(source="good-1", seq=2, kind="eof", info={"file": "good.mp4", "batches": 2})))
     ids["p-wall"] = r.xadd(keys.frames, poison["p-wall"][0])
+    ids["p-marks"] = r.xadd(keys.frames, poison["p-marks"][0])
     worker = DetectWorker(psettings, r, consumer="w1")
     stop = threading.Event()
     t = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     t.start()
     try:
-        assert _wait(lambda: r.xlen(keys.dead) >= 4, 30)
-        assert t.is_alive()  # the worker stayed up through all four
+        assert _wait(lambda: r.xlen(keys.dead) >= len(poison), 30)
+        assert t.is_alive()  # the worker stayed up through all of them
     finally:
         stop.set()
         t.join(20)
     (verdict,) = _verdicts(r, psettings.redis.prefix)
     assert verdict["file"] == "good.mp4" and verdict["faces_scored"] == 6 and verdict["label"] in ("REAL", "FAKE")
     dead = {f[b"origin"].decode().rsplit("/", 1)[1]: f for _i, f in r.xrange(keys.dead)}
-    assert len(dead) == 4
+    assert len(dead) == len(poison)
     for name, entry_id in ids.items():
         d = dead[entry_id.decode()]
         assert poison[name][1] in d[b"error"].decode(), (name, d[b"error"])
         assert int(d[b"deliveries"]) == 3  # max_deliveries=2, dead on the third delivery
         assert b"data" not in d and int(d[b"data_bytes"]) == len(poison[name][0]["data"])
         assert json.loads(d[b"meta"].decode().replace("NaN", "null"))["source"] == name
-    assert backlog(r, keys.frames) == 0 and worker.stats["dead"] == 4
+    assert backlog(r, keys.frames) == 0 and worker.stats["dead"] == len(poison)
     assert not r.exists(Keys(psettings.redis.prefix).errors)  # recorded errors are cleaned up
 
 
