@@ -188,8 +188,8 @@ def _check_batch(b: FrameBatch) -> None:
         value = getattr(b, name)
         if not isinstance(value, list) or len(value) != n:
             raise WireError(f"FrameBatch {name} must be a list of {n} items")
-    if b.landmarks and (not isinstance(b.landmarks, list) or len(b.landmarks) != n):
-        raise WireError(f"FrameBatch landmarks must be a list of {n} items")
+    if not isinstance(b.landmarks, list) or (b.landmarks and len(b.landmarks) != n):
+        raise WireError(f"FrameBatch landmarks must be a list of {n} items (or empty)")
     for marks in b.landmarks:
         if marks is not None and not _is_points(marks):
             raise WireError(f"FrameBatch landmarks {str(marks)[:60]} are not [[x, y], ...] finite numbers")

@@ -216,6 +216,8 @@ class DetectWorker:
                 works.append(_Work(e, decode(e.fields)))
             except ForensicsError as err:
                 works.append(_Work(e, None, str(err)))
+            except Exception as err:  # noqa: BLE001 - a decoder bug costs this entry, not the worker
+                works.append(_Work(e, None, f"cannot decode: {type(err).__name__}: {err}"))
         scored = self._score_all([w for w in works if w.batch is not None and len(w.batch)])
         done: list[bytes] = []
         for w in works:
@@ -294,18 +296,11 @@ class DetectWorker:
         return out
 
     # -- aggregation and alerts --------------------------------------------------------------
-    def _records(self, b: FrameBatch, s: CropScores) -> list[CropRecord]:
-        return [
-            CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
-                       bool(s.anomalous[i]), b.box[i])  # fmt: skip
-            for i in range(len(b))
-        ]
-
     def _handle(self, b: FrameBatch, scores: CropScores | None) -> None:
         assert self.model is not None
         if b.kind == "frames" and scores is None:
             raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
-        records = self._records(b, scores) if scores is not None else []
+        records = crop_records(b, scores) if scores is not None else []
         if b.kind == "frames":
             if b.source_kind == "file":
                 self._keep_evidence(b, records, _picks(records))
@@ -474,6 +469,15 @@ class DetectWorker:
 
     def backlog(self) -> int:
         return total_backlog(self.r, self.keys)
+
+
+def crop_records(b: FrameBatch, s: CropScores) -> list[CropRecord]:
+    """One record per crop of a decoded batch and its scores."""
+    return [
+        CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
+                   bool(s.anomalous[i]), b.box[i])
+        for i in range(len(b))
+    ]
 
 
 def _picks(records: list[CropRecord]) -> set[int]:
