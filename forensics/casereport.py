@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable
@@ -44,7 +44,7 @@ from forensics.registry import Artifact, Registry, sha256_file
 from forensics.robustness import format_target, format_value, headline, load_eval_metrics, pct, sig
 from forensics.scan import ScanDetail, scan_file
 from forensics.streams import Keys
-from forensics.verdicts import CropRecord
+from forensics.verdicts import QUALITY_REASONS, CropRecord
 from forensics.video import probe
 
 # crop uint8 [S,S,3] RGB -> PNG bytes of a saliency figure (or None); the CLI passes one when the
@@ -227,7 +227,10 @@ def records_from_results(r: redis.Redis, keys: Keys, source: str, *, since_ts: f
             try:
                 event = json.loads(raw)
                 if event.get("source") == source:
-                    out.extend(CropRecord.from_json(c) for c in event.get("crops", []))
+                    lq = event.get("low_quality") or []  # beside the rows since issue 17
+                    for i, c in enumerate(event.get("crops", [])):
+                        rec = CropRecord.from_json(c)
+                        out.append(replace(rec, low_quality=tuple(lq[i])) if i < len(lq) and lq[i] else rec)
             except (ValueError, TypeError, IndexError):
                 continue
         if len(entries) < chunk:
@@ -460,10 +463,13 @@ def flags_text(case: Case) -> list[str]:
                    "verdict on such a track as possibly manipulated against the detector.")  # fmt: skip
     elif n_tracks == 0:
         out.append("No face track's mean anomaly score is over the track threshold.")
-    lq = [c for c in case.records if getattr(c, "low_quality", None)]
+    lq = [c for c in case.records if c.low_quality]
     if lq:
-        out.append(f"{len(lq)} crops were marked low quality (blur, compression or a tiny face): the model's "
-                   "score on them is less reliable.")  # fmt: skip
+        why = ", ".join(f"{sum(q in c.low_quality for c in lq)} {q.replace('_', ' ')}" for q in QUALITY_REASONS
+                        if any(q in c.low_quality for c in lq))  # fmt: skip
+        out.append(f"{len(lq)} crops were marked low quality by the input-quality gate ({why}): blurred, visibly "
+                   "block-coded or cut from a face too small to hold the detail the model was trained on. They count in "
+                   "the score like every crop, but the model's score on them is less reliable.")  # fmt: skip
     if case.kind == "anomaly":
         out.append(f"This is an anomaly alert: the anomaly rate {pct(v.get('anomaly_rate'))} passed "
                    f"{pct(v.get('rate_threshold'))}, or a track's mean score passed the track threshold.")  # fmt: skip

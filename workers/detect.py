@@ -38,6 +38,7 @@ from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
 from forensics.modelwatch import ModelWatch
 from forensics.outage import REDIS_DOWN, Outage
+from forensics.quality import low_quality
 from forensics.redact import redact
 from forensics.registry import Registry
 from forensics.streams import (
@@ -295,9 +296,10 @@ class DetectWorker:
 
     # -- aggregation and alerts --------------------------------------------------------------
     def _records(self, b: FrameBatch, s: CropScores) -> list[CropRecord]:
+        lq = low_quality(b.images, b.box, b.region or None, self.settings.quality)
         return [
             CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
-                       bool(s.anomalous[i]), b.box[i])  # fmt: skip
+                       bool(s.anomalous[i]), b.box[i], lq[i])  # fmt: skip
             for i in range(len(b))
         ]
 
@@ -323,8 +325,9 @@ class DetectWorker:
         event = {
             "source": b.source, "seq": b.seq, "source_kind": b.source_kind,
             "model": self.model.info,
-            "crops": [r.to_json() for r in records],
+            "crops": [r.row() for r in records],
             "fields": list(RESULT_FIELDS),
+            "low_quality": [list(r.low_quality) for r in records],  # beside the rows: their layout is unchanged
             "wall": b.wall[0] if b.wall else None, "scored_at": time.time(),
         }  # fmt: skip
         pol = self.settings.alerts
@@ -501,5 +504,5 @@ def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:
     return {
         "frame": r.frame, "pts": r.pts, "box": r.box, "track": r.track, "fake_prob": r.prob,
         "mahalanobis": r.anomaly, "mahalanobis_threshold": model.anomaly_threshold,
-        "anomalous": r.anomalous,
+        "anomalous": r.anomalous, "low_quality": list(r.low_quality),
     }  # fmt: skip
