@@ -3,10 +3,11 @@
 A crop gets ``low_quality`` reasons, kept apart from the anomaly detector's ``anomalous`` flag, when
 
 - ``blur``: its focus, the variance of the Laplacian over the variance of the image, both of the
-  grey crop resized to 64x64 (so the measure does not depend on the model's input size or on
-  contrast), is under ``quality.min_focus``;
-- ``blocky``: its blockiness, the mean luma step across the source frame's 8x8 codec grid over
-  the mean step half a block away, is over ``quality.max_blockiness``. The grid lies in the source
+  grey crop at 64x64 (larger crops are downscaled, so the measure does not depend on the model's
+  input size; dividing by the variance makes it independent of contrast), is under
+  ``quality.min_focus``;
+- ``blocky``: its blockiness, the luma step across the source frame's 8x8 codec grid over the
+  step half a block away (interquartile means over every line), is over ``quality.max_blockiness``. The grid lies in the source
   frame, so it is mapped into the crop through the crop's region in the frame (the square it was
   cut from); without a region the crop is taken as aligned to the grid at 1:1. When the grid's
   period in the crop is under ``MIN_PERIOD_PX`` (a face cut from a region over 4x the crop's
@@ -27,7 +28,7 @@ import numpy as np
 from forensics.config import QualitySettings
 
 REASONS = ("blur", "blocky", "tiny_face")
-FOCUS_SIDE = 64  # focus is measured at this side, whatever the crop's size
+FOCUS_SIDE = 64  # focus is measured at this side (larger crops are downscaled to it)
 BLOCK = 8  # the codec's transform grid, source pixels (JPEG, MPEG-2/4, H.264's 8x8 transform and macroblock edges)
 _LUMA = np.array([0.299, 0.587, 0.114])
 MIN_PERIOD_PX = 2.0  # below this grid period (crop pixels) a step and its mid-block reference are the same pixels
@@ -45,14 +46,14 @@ def _grey(images: np.ndarray) -> list[np.ndarray]:
 def focus(images: np.ndarray) -> np.ndarray:
     """Variance of the Laplacian over the image's variance, at 64x64 grey: float64 [N] (0 for a flat crop).
 
-    images: uint8 [N, S, S, 3] RGB. Sharp generated face crops measure ~0.03-0.1; a Gaussian blur
+    images: uint8 [N, S, S, 3] RGB; crops over 64 px are downscaled (INTER_AREA), smaller ones
+    measured as they are (the defaults were measured at 64). Sharp generated face crops measure ~0.03-0.1; a Gaussian blur
     of sigma 1 px (at 64 px) divides it by ~6 (README, "Input quality").
     """
     out = np.zeros(len(images), np.float64)
     for i, g in enumerate(_grey(images)):
-        if g.shape[0] != FOCUS_SIDE:
-            interp = cv2.INTER_AREA if g.shape[0] > FOCUS_SIDE else cv2.INTER_LINEAR
-            g = cv2.resize(g, (FOCUS_SIDE, FOCUS_SIDE), interpolation=interp)
+        if g.shape[0] > FOCUS_SIDE:  # smaller crops as they are: upsampling would blur every one of them
+            g = cv2.resize(g, (FOCUS_SIDE, FOCUS_SIDE), interpolation=cv2.INTER_AREA)
         var = g.var()
         if var > 1e-9:
             out[i] = cv2.Laplacian(g, cv2.CV_64F, ksize=1).var() / var
