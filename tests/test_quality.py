@@ -148,3 +148,17 @@ def test_detect_reports_low_quality_apart_from_anomalous_in_results_evidence_and
     assert verdict["low_quality"] == {"blur": 2, "blocky": 0, "tiny_face": 0}
     assert verdict["tracks"]["0"]["low_quality_rate"] == pytest.approx(2 / n, abs=0.005)
     assert "low_quality" in verdict["evidence"] and verdict["faces_scored"] == n
+
+
+def test_eval_counts_ood_crops_flagged_or_gated_and_the_gate_takes_all_of_heavy_blur(faces):
+    from trainer.ood import gated_rates, ood_sets
+
+    clean = np.stack([c.image for _, c in faces])
+    sets = ood_sets(clean, n=len(clean), seed=0)
+    none = np.zeros(len(clean), bool)
+    assert gated_rates(clean, none)["gated_rate"] == 0.0
+    assert gated_rates(sets["blur"], none) == {"gated_rate": 1.0, "flagged_or_gated_rate": 1.0}
+    flagged = np.arange(len(clean)) % 2 == 0
+    r = gated_rates(sets["noise"], flagged)
+    gated = np.array([bool(x) for x in low_quality(sets["noise"], None, None, DEFAULTS)])
+    assert r["flagged_or_gated_rate"] == pytest.approx(float((gated | flagged).mean()))
