@@ -126,24 +126,34 @@ def pcts(x: np.ndarray) -> dict[str, float | None]:
     return {f"p{p}": round(float(np.percentile(x, p)), 5) for p in (2, 50, 98)}
 
 
-def choose(stats: dict[str, dict]) -> dict[str, float]:
-    """The default thresholds from the measured statistics (rules in the module docstring)."""
+def choose(stats: dict[str, dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """The default thresholds from the measured statistics (rules in the module docstring), and the
+    percentiles each was computed from."""
     f, b, face = stats["_focus"], stats["_block"], stats["_face"]
-    reference = np.concatenate([f["sharp"], f["h264_23"]])
-    min_focus = float(np.sqrt(np.percentile(reference, 2) * np.percentile(f["blur_1.5"], 98)))
 
     def finite(keys) -> np.ndarray:
         x = np.concatenate([b[k] for k in keys])
         return x[np.isfinite(x)]
 
-    normal = finite(["sharp", "h264_23", "jpeg_crop_75", "jpeg_frame_75"] + [k for k in b if k.startswith("scale_")])
-    max_block = float(np.sqrt(np.percentile(normal, 98) * np.percentile(finite(["jpeg_crop_15"]), 2)))
+    normal = ["sharp", "h264_23", "jpeg_crop_75", "jpeg_frame_75"] + [k for k in b if k.startswith("scale_")]
+    inputs = {
+        "focus_p2_sharp_and_crf23": float(np.percentile(np.concatenate([f["sharp"], f["h264_23"]]), 2)),
+        "focus_p98_blur_1.5": float(np.percentile(f["blur_1.5"], 98)),
+        "blockiness_p98_normal": float(np.percentile(finite(normal), 98)),
+        "blockiness_p2_jpeg_crop_15": float(np.percentile(finite(["jpeg_crop_15"]), 2)),
+        "focus_half_sharp_median": 0.5 * float(np.median(f["sharp"])),
+    }
     # Face side where the sharp crops' median focus falls to half the full-size median (log-linear).
     curve = sorted((float(np.median(face[k])), float(np.median(f[k]))) for k in f if k.startswith("scale_") or k == "sharp")
-    half = 0.5 * float(np.median(f["sharp"]))
     sizes, foci = np.log([c[0] for c in curve]), np.array([c[1] for c in curve])
+    half = inputs["focus_half_sharp_median"]
     min_face = float(np.exp(np.interp(half, foci, sizes))) if foci.min() < half < foci.max() else float(np.exp(sizes[0]))
-    return {"min_focus": round(min_focus, 4), "max_blockiness": round(max_block, 2), "min_face_px": int(round(min_face))}
+    chosen = {
+        "min_focus": round(float(np.sqrt(inputs["focus_p2_sharp_and_crf23"] * inputs["focus_p98_blur_1.5"])), 4),
+        "max_blockiness": round(float(np.sqrt(inputs["blockiness_p98_normal"] * inputs["blockiness_p2_jpeg_crop_15"])), 2),
+        "min_face_px": int(round(min_face)),
+    }
+    return chosen, {k: round(v, 4) for k, v in inputs.items()}
 
 
 def main() -> None:
@@ -167,7 +177,7 @@ def main() -> None:
         stats["_focus"][k] = focus(v["crops"])
         stats["_block"][k] = blockiness(v["crops"], v["regions"])
         stats["_face"][k] = v["face_px"]
-    chosen = choose(stats)
+    chosen, inputs = choose(stats)
     cfg = QualitySettings(**chosen)
     conditions = {}
     for k, v in data.items():
@@ -182,7 +192,8 @@ def main() -> None:
         }  # fmt: skip
     out = {
         "bench": "quality", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "reference": "sharp (uncompressed frames of this run)", "chosen_defaults": chosen, "conditions": conditions, "seconds": round(time.perf_counter() - t0, 1),
+        "reference": "sharp (uncompressed frames of this run)", "chosen_defaults": chosen, "rule_inputs": inputs,
+        "conditions": conditions, "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     text = json.dumps(out, indent=1)
     print(text)
