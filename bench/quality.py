@@ -14,7 +14,7 @@ frame, as ingest would:
 - ``face_px``: the sharp frame downscaled so the face box's side shrinks, by face size.
 
 Per condition: focus and blockiness percentiles (2, 50, 98), the share whose blockiness is
-unmeasurable (grid finer than 2 crop pixels), and the share each chosen default flags. Each default
+unmeasurable (grid finer than 2 crop pixels), and the share the shipped defaults flag. Each default
 sits halfway (geometric mean) between the tail of what must pass and the tail of what must be
 caught (``choose``): ``min_focus`` between the 2nd percentile of sharp and CRF-23 crops and the
 98th percentile of sigma-1.5 crops; ``max_blockiness`` between the 98th percentile of uncompressed,
@@ -178,7 +178,7 @@ def main() -> None:
         stats["_block"][k] = blockiness(v["crops"], v["regions"])
         stats["_face"][k] = v["face_px"]
     chosen, inputs = choose(stats)
-    cfg = QualitySettings(**chosen)
+    cfg = QualitySettings()  # what ships (forensics/config.py): the flag shares below are its
     conditions = {}
     for k, v in data.items():
         reasons = low_quality(v["crops"], [[0, 0, s, s] for s in v["face_px"]], v["regions"], cfg)
@@ -193,6 +193,7 @@ def main() -> None:
     out = {
         "bench": "quality", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "reference": "sharp (uncompressed frames of this run)", "chosen_defaults": chosen, "rule_inputs": inputs,
+        "shipped_defaults": cfg.model_dump(),
         "conditions": conditions, "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     text = json.dumps(out, indent=1)
