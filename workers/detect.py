@@ -430,20 +430,23 @@ class DetectWorker:
         state_key = self.keys.live_state(b.source)
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
-        # Members are unique per (seq, crop): a redelivered batch rewrites the same members.
-        pipe.zadd(win_key, {f"{b.seq}:{i}:{r.prob:.6f}:{int(r.anomalous)}:{r.anomaly:.5g}": b.wall[i]
-                            for i, r in enumerate(records)})  # fmt: skip
+        # Members are unique per (seq, crop): a redelivered batch rewrites the same members. A low-quality
+        # crop's index carries a "q" (the one field workers before issue 17 do not parse).
+        pipe.zadd(win_key, {f"{b.seq}:{i}{'q' if r.low_quality else ''}:{r.prob:.6f}:{int(r.anomalous)}:{r.anomaly:.5g}":
+                            b.wall[i] for i, r in enumerate(records)})  # fmt: skip
         pipe.zremrangebyscore(win_key, "-inf", now - self.cfg.window_s)
         pipe.zrange(win_key, 0, -1)
         pipe.expire(win_key, int(self.cfg.window_s * 10) + 60)
         pipe.hgetall(state_key)
         _, _, members, _, state_raw = pipe.execute()
-        probs, flags, scores = [], [], []
+        probs, flags, scores, lq = [], [], [], 0
         for m in members:
-            _seq, _i, p, a, *score = m.decode().split(":")  # members written before issue 8 lack the score
+            _seq, i, p, a, *score = m.decode().split(":")  # members written before issue 8 lack the score
             probs.append(float(p))
             flags.append(a == "1")
             scores.extend(float(v) for v in score)
+            lq += i.endswith("q")
+        lq_rate = lq / len(members) if members else 0.0
         state = {k.decode(): v.decode() for k, v in state_raw.items()}
         d = window_decision(probs, flags, state, threshold=self.model.video_threshold, margin=self.cfg.hysteresis,
                             min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate,
@@ -454,7 +457,8 @@ class DetectWorker:
             self._keep_evidence(b, records, {best})
             alert = make_alert("deepfake", b.source, f"{b.source}:deepfake:{b.seq}", model=self.model.info,
                                window_s=self.cfg.window_s, score=d.mean_prob, threshold=self.model.video_threshold,
-                               faces=d.faces, anomaly_rate=d.anomaly_rate, evidence=_evidence(worst, self.model))  # fmt: skip
+                               faces=d.faces, anomaly_rate=d.anomaly_rate, low_quality_rate=lq_rate,
+                               evidence=_evidence(worst, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("deepfake")
         if d.anomaly == "on":
@@ -462,7 +466,7 @@ class DetectWorker:
             self._keep_evidence(b, records, {most})
             w = records[most]
             alert = make_alert("anomaly", b.source, f"{b.source}:anomaly:{b.seq}", model=self.model.info,
-                               window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate,
+                               window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate, low_quality_rate=lq_rate,
                                rate_threshold=self.cfg.anomaly_rate, faces=d.faces, evidence=_evidence(w, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("anomaly")
