@@ -148,6 +148,14 @@ def test_detect_reports_low_quality_apart_from_anomalous_in_results_evidence_and
     assert verdict["low_quality"] == {"blur": 2, "blocky": 0, "tiny_face": 0}
     assert verdict["tracks"]["0"]["low_quality_rate"] == pytest.approx(2 / n, abs=0.005)
     assert "low_quality" in verdict["evidence"] and verdict["faces_scored"] == n
+    # A live source's window marks the same crops (a "q" on the member's index); its alerts take their rate from it.
+    live = FrameBatch(**{**batch.__dict__, "source": "q-cam", "source_kind": "live"})
+    r.xadd(keys.frames, encode(live))
+    deadline = time.monotonic() + 30
+    while not worker.step_new():
+        assert time.monotonic() < deadline
+    members = [m.decode().split(":")[1] for m in r.zrange(keys.window("q-cam"), 0, -1)]
+    assert sorted(members) == sorted([str(i) for i in range(5)] + ["5q", "6q"])
 
 
 def test_eval_counts_ood_crops_flagged_or_gated_and_the_gate_takes_all_of_heavy_blur(faces):
@@ -162,11 +170,3 @@ def test_eval_counts_ood_crops_flagged_or_gated_and_the_gate_takes_all_of_heavy_
     r = gated_rates(sets["noise"], flagged)
     gated = np.array([bool(x) for x in low_quality(sets["noise"], None, None, DEFAULTS)])
     assert r["flagged_or_gated_rate"] == pytest.approx(float((gated | flagged).mean()))
-    # A live source's window marks the same crops (a "q" on the member's index); its alerts take their rate from it.
-    live = FrameBatch(**{**batch.__dict__, "source": "q-cam", "source_kind": "live"})
-    r.xadd(keys.frames, encode(live))
-    deadline = time.monotonic() + 30
-    while not worker.step_new():
-        assert time.monotonic() < deadline
-    members = [m.decode().split(":")[1] for m in r.zrange(keys.window("q-cam"), 0, -1)]
-    assert sorted(members) == sorted([str(i) for i in range(5)] + ["5q", "6q"])
