@@ -151,7 +151,7 @@ def choose(stats: dict[str, dict]) -> tuple[dict[str, float], dict[str, float]]:
     chosen = {
         "min_focus": round(float(np.sqrt(inputs["focus_p2_sharp_and_crf23"] * inputs["focus_p98_blur_1.5"])), 4),
         "max_blockiness": round(float(np.sqrt(inputs["blockiness_p98_normal"] * inputs["blockiness_p2_jpeg_crop_15"])), 2),
-        "min_face_px": int(round(min_face)),
+        "min_face_px": round(min_face),
     }
     return chosen, {k: round(v, 4) for k, v in inputs.items()}
 
