@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from forensics import __version__
 from forensics.errors import ForensicsError
 from forensics.robustness import format_target, format_value, pct, sig
-from forensics.verdicts import CropRecord
+from forensics.verdicts import QUALITY_REASONS, CropRecord
 
 if TYPE_CHECKING:
     from forensics.casereport import Case
@@ -177,10 +177,13 @@ def flags_text(case: Case) -> list[str]:
                    "verdict on such a track as possibly manipulated against the detector.")  # fmt: skip
     elif n_tracks == 0:
         out.append("No face track's mean anomaly score is over the track threshold.")
-    lq = [c for c in case.records if getattr(c, "low_quality", None)]
+    lq = [c for c in case.records if c.low_quality]
     if lq:
-        out.append(f"{len(lq)} crops were marked low quality (blur, compression or a tiny face): the model's "
-                   "score on them is less reliable.")  # fmt: skip
+        why = ", ".join(f"{sum(q in c.low_quality for c in lq)} {q.replace('_', ' ')}" for q in QUALITY_REASONS
+                        if any(q in c.low_quality for c in lq))  # fmt: skip
+        out.append(f"{len(lq)} crops were marked low quality by the input-quality gate ({why}): blurred, visibly "
+                   "block-coded or cut from a face too small to hold the detail the model was trained on. They count in "
+                   "the score like every crop, but the model's score on them is less reliable.")  # fmt: skip
     if case.kind == "anomaly":
         out.append(f"This is an anomaly alert: the anomaly rate {pct(v.get('anomaly_rate'))} passed "
                    f"{pct(v.get('rate_threshold'))}, or a track's mean score passed the track threshold.")  # fmt: skip

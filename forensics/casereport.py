@@ -19,7 +19,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,8 @@ def case_from_scan(path: str | Path, settings: Settings, model: LoadedModel, *, 
 def _evidence_row(rank: int, rec: CropRecord, crop: np.ndarray | None, anomaly_threshold: float | None) -> dict:
     return {"rank": rank + 1, "frame": rec.frame, "pts": rec.pts, "track": rec.track, "fake_prob": rec.prob,
             "anomaly": rec.anomaly, "anomalous": rec.anomalous, "anomaly_threshold": anomaly_threshold,
-            "box": rec.box, "crop_png": _png(crop) if crop is not None else None, "frame_png": None,
+            "box": rec.box, "low_quality": list(rec.low_quality), "crop_png": _png(crop) if crop is not None else None,
+            "frame_png": None,
             "saliency_png": None}  # fmt: skip
 
 
@@ -218,7 +219,10 @@ def records_from_results(r: redis.Redis, keys: Keys, source: str, *, since_ts: f
             try:
                 event = json.loads(raw)
                 if event.get("source") == source:
-                    out.extend(CropRecord.from_json(c) for c in event.get("crops", []))
+                    lq = event.get("low_quality") or []  # beside the rows since issue 17
+                    for i, c in enumerate(event.get("crops", [])):
+                        rec = CropRecord.from_json(c)
+                        out.append(replace(rec, low_quality=tuple(lq[i])) if i < len(lq) and lq[i] else rec)
             except (ValueError, TypeError, IndexError):
                 continue
         if len(entries) < chunk:
@@ -265,7 +269,8 @@ def case_from_alert(r: redis.Redis, keys: Keys, alert_id: str, registry: Registr
     ev = alert.get("evidence") or {}
     if isinstance(ev, dict) and "frame" in ev:
         head = CropRecord(int(ev["frame"]), ev.get("pts"), ev.get("track"), float(ev.get("fake_prob") or 0),
-                          float(ev.get("mahalanobis") or 0), bool(ev.get("anomalous")), list(ev.get("box") or []))  # fmt: skip
+                          float(ev.get("mahalanobis") or 0), bool(ev.get("anomalous")), list(ev.get("box") or []),
+                          tuple(ev.get("low_quality") or ()))  # fmt: skip
         ranked = [head] + [c for c in ranked if (c.frame, c.track) != (head.frame, head.track)]
     evidence, crops = [], []
     for rec in ranked:
