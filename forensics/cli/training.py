@@ -72,6 +72,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         adv_epochs=args.adv_epochs,
         batch_size=args.batch_size,
         adv_mode=args.adv_mode,
+        adv_objective=args.adv_objective,
+        adv_mix=args.adv_mix,
+        adv_beta=args.adv_beta,
+        grad_align=args.grad_align,
+        adv_time_s=args.adv_time,
+        adv_clock=args.adv_clock,
+        eps_schedule=args.eps_schedule,
+        eps_ramp=args.eps_ramp,
         eps=args.eps,
         seed=args.seed,
         device=args.device,
@@ -189,7 +197,20 @@ def add_parsers(sub) -> None:
     s.add_argument("--gan-epochs", type=int, default=RECIPE["gan_epochs"])
     s.add_argument("--adv-epochs", type=int, default=RECIPE["adv_epochs"])
     s.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="fgsm: FGSM with random start (cheap)")
+    s.add_argument("--adv-objective", choices=["pgd", "trades", "mart", "fgsm-rs"], default=RECIPE["adv_objective"],
+                   help="adversarial-phase objective: PGD-AT, TRADES, MART, or FGSM with random start (cheap)")
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="legacy: fgsm = --adv-objective fgsm-rs")
+    s.add_argument("--adv-mix", type=float, default=RECIPE["adv_mix"],
+                   help="share of each batch made adversarial (pgd, fgsm-rs; 1: Madry's all-adversarial)")
+    s.add_argument("--adv-beta", type=float, default=RECIPE["adv_beta"], help="weight of the KL term (trades, mart)")
+    s.add_argument("--grad-align", type=float, default=RECIPE["grad_align"], help="GradAlign weight for fgsm-rs (0: off)")
+    s.add_argument("--adv-time", type=float, default=RECIPE["adv_time_s"], metavar="SECONDS",
+                   help="adversarial phase's training-time budget (0: --adv-epochs decides; else that is a cap)")
+    s.add_argument("--adv-clock", choices=["wall", "cpu"], default=RECIPE["adv_clock"],
+                   help="clock of --adv-time: wall, or this process's CPU seconds (equal compute on a shared machine)")
+    s.add_argument("--eps-schedule", choices=["steps", "ramp", "constant"], default=RECIPE["eps_schedule"],
+                   help="training radius over the adversarial phase")
+    s.add_argument("--eps-ramp", type=float, default=RECIPE["eps_ramp"], help="ramp: share of the phase to reach --eps")
     s.add_argument("--eps", type=_pixel_eps, default=RECIPE["eps"], help="final adversarial training radius, e.g. 6/255")
     s.add_argument("--seed", type=int, default=RECIPE["seed"])
     s.add_argument("--device", choices=["cpu", "cuda"], default=RECIPE["device"])
