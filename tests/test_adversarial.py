@@ -127,3 +127,19 @@ def test_eps_schedules_and_the_time_budget():
     for bad in ({"adv_objective": "free"}, {"eps_schedule": "cosine"}, {"adv_mix": 0.0}, {"grad_align": 0.1}):
         with pytest.raises(ConfigError):
             AdversarialPhase(dataclasses.replace(base, **bad), 4, [], False)
+
+
+def test_train_options_reach_the_recipe(tmp_path):
+    from forensics.cli import build_parser
+    from forensics.cli.training import train_config
+    from forensics.config import Settings
+
+    settings = Settings(state_dir=tmp_path / "state", models_dir=tmp_path / "models")
+    args = build_parser().parse_args(["train", "--data", "D", "--adv-objective", "trades", "--adv-beta", "3",
+                                      "--adv-mix", "1", "--adv-time", "30", "--adv-clock", "cpu",
+                                      "--eps-schedule", "ramp", "--eps-ramp", "0.3"])  # fmt: skip
+    cfg = train_config(args, settings)
+    assert (cfg.adv_objective, cfg.adv_beta, cfg.adv_mix, cfg.adv_time_s, cfg.adv_clock) == ("trades", 3.0, 1.0, 30.0, "cpu")
+    assert (cfg.eps_schedule, cfg.eps_ramp, cfg.grad_align) == ("ramp", 0.3, 0.0)
+    default = train_config(build_parser().parse_args(["train", "--data", "D"]), settings)
+    assert (default.adv_objective, default.adv_time_s, default.eps_schedule) == (TrainConfig.adv_objective, 0.0, "steps")

@@ -46,13 +46,12 @@ def _pixel_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a radius like 4/255 or 0.0157") from None
 
 
-def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from trainer.train import train
-
+def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
+    """The run's recipe from ``forensics train``'s options."""
     if not args.data and not args.real_only:
         raise ConfigError("train needs --data DIR (labelled DFDC-format video) or --real-only DIR (real footage)")
     resnet = args.arch == "resnet"
-    cfg = TrainConfig(
+    return TrainConfig(
         data=[str(d) for d in args.data or []],
         real_only=[str(d) for d in args.real_only or []],
         fakes=args.fakes or ("self-blended" if not args.data else "labelled"),
@@ -92,7 +91,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         cache_dir=str(settings.state_dir / "crops"),
         models_dir=str(settings.models_dir),
     )
-    out = train(cfg)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.train import train
+
+    out = train(train_config(args, settings))
     if out:
         adv = out["metrics"]["adversarially_trained"]
         summary = {
