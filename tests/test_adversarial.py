@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from forensics.errors import ConfigError
 from trainer import attacks
-from trainer.adversarial import OBJECTIVES, AdversarialPhase, bernoulli_kl, eps_at
+from trainer.adversarial import OBJECTIVES, AdversarialPhase, bernoulli_kl, eps_at, grad_align
 from trainer.models import LogitsOnly, build_discriminator
 from trainer.recipe import TrainConfig
 
@@ -143,3 +143,18 @@ def test_train_options_reach_the_recipe(tmp_path):
     assert (cfg.eps_schedule, cfg.eps_ramp, cfg.grad_align) == ("ramp", 0.3, 0.0)
     default = train_config(build_parser().parse_args(["train", "--data", "D"]), settings)
     assert (default.adv_objective, default.adv_time_s, default.eps_schedule) == (TrainConfig.adv_objective, 0.0, "steps")
+
+
+def test_grad_align_adds_a_differentiable_penalty(one_torch_thread):
+    """fgsm-rs with GradAlign: the double backward reaches the weights, the penalty is in [0, 2]."""
+    x, y = tiny_images(32, 5)
+    torch.manual_seed(0)
+    D = build_discriminator(SIZE)
+    base = TrainConfig(data=[], adv_objective="fgsm-rs", eps=4 / 255)
+    gen = torch.Generator().manual_seed(0)
+    penalty = grad_align(D, x, y, 4 / 255, gen)
+    assert 0 <= float(penalty) <= 2
+    loss = AdversarialPhase(dataclasses.replace(base, grad_align=0.5), 1, [], False).loss(D, D, x, y, gen)
+    loss.backward()
+    grads = [p.grad for p in D.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(float(g.abs().max()) > 0 for g in grads)
