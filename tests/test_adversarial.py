@@ -127,6 +127,8 @@ def test_eps_schedules_and_the_time_budget():
     for bad in ({"adv_objective": "free"}, {"eps_schedule": "cosine"}, {"adv_mix": 0.0}, {"grad_align": 0.1}):
         with pytest.raises(ConfigError):
             AdversarialPhase(dataclasses.replace(base, **bad), 4, [], False)
+    with pytest.raises(ConfigError):  # ranks would stop after different batches
+        AdversarialPhase(dataclasses.replace(base, adv_time_s=10.0), 4, [], distributed=True)
 
 
 def test_train_options_reach_the_recipe(tmp_path):

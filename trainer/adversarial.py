@@ -30,7 +30,7 @@ of its batches done, or of ``adv_time_s`` when a time budget is set):
 ``adv_time_s > 0`` stops the phase once its training batches have used that many seconds (``adv_epochs``
 is then a cap), so objectives can be compared at equal wall-clock; ``adv_clock = "cpu"`` counts the
 process's CPU seconds instead (equal compute when other jobs share the machine; with ``threads = 1``
-the two agree on an idle machine). Validation between epochs is not counted.
+the two agree on an idle machine). Validation between epochs is not counted. Single process only.
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ class AdversarialPhase:
             raise ConfigError("grad_align applies to adv_objective fgsm-rs only")
         if cfg.grad_align > 0 and distributed:
             raise ConfigError("grad_align is single-process only (its double backward bypasses DistributedDataParallel)")
+        if cfg.adv_time_s > 0 and distributed:
+            raise ConfigError("adv_time_s is single-process only (ranks would stop after different batches)")
         done = [r for r in history if r.get("phase") == "adv"]
         self.elapsed = sum(r.get("budget_s", r.get("train_s", 0.0)) for r in done)
         self.batches = len(done) * batches_per_epoch
