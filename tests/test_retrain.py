@@ -229,6 +229,21 @@ def test_poisoned_batch_is_mostly_quarantined_while_clean_new_data_is_kept(r, rs
     assert {"id", "reason", "median_anomaly", "outlier_threshold", "mean_fake_prob", "median_margin_to_other_class"} <= set(row)
 
 
+def test_face_check_finds_faces_in_face_crops_and_none_in_texture_patches(intake, tmp_path):
+    """The screen's model-independent OOD check: the detector the crops were made with, run on the crops."""
+    from forensics.faces import face_presence
+    from trainer.data import CropCache, CropConfig
+    from trainer.ood import non_face_patches
+    from trainer.retrain import _folder_samples
+
+    cache = CropCache(tmp_path / "crops", CropConfig(size=64, frames_per_video=6, detector="haar"))
+    clean, _ = _folder_samples([intake["clean"]], cache, set())
+    check = face_presence("haar")
+    shares = [float(check(s.images).mean()) for s in clean]
+    assert np.mean(shares) >= 0.9 and min(shares) >= 0.5, shares  # every clip passes the screen's 0.5 share
+    assert not check(non_face_patches(6, 64, seed=3)).any()
+
+
 def test_caps_limit_what_one_run_adds_in_total_and_per_source(rsettings):
     from forensics.model import load_model
     from trainer.poisoning import Calibration, Sample, screen
@@ -240,11 +255,12 @@ def test_caps_limit_what_one_run_adds_in_total_and_per_source(rsettings):
                           disagree_rate_crop=1.0, val_crops=0)  # fmt: skip
     img = np.zeros((10, 64, 64, 3), np.uint8)
     samples = [Sample(f"a{i}", "A", 0, img) for i in range(6)] + [Sample(f"b{i}", "B", 0, img) for i in range(6)]
-    res = screen(model, lenient, samples, base_crops=200, max_new_share=0.5, max_source_share=0.2)
+    # Blank crops show no face: the face check is off here, so only the caps act.
+    res = screen(model, lenient, samples, base_crops=200, max_new_share=0.5, max_source_share=0.2, has_face=None)
     per = {src: sum(s.source == src for s in res.accepted) for src in "AB"}
     assert per == {"A": 4, "B": 4}  # 0.2 * 200 = 40 crops per source, 100 in total
     assert len(res.capped) == 4 and all(c["reason"] == "per-source cap" for c in res.capped)
-    res = screen(model, lenient, samples, base_crops=100, max_new_share=0.5, max_source_share=1.0)
+    res = screen(model, lenient, samples, base_crops=100, max_new_share=0.5, max_source_share=1.0, has_face=None)
     assert sum(len(s.images) for s in res.accepted) == 50 and res.counts()["capped"] == 7
 
 

@@ -4,6 +4,9 @@ A *sample* is one labelled unit of new data: a clip from an intake folder (its f
 analyst-labelled alert (its evidence crops). Each is scored with the current model (ONNX Runtime
 and its Mahalanobis scorer) and quarantined when
 
+- **no face**: the face detector the model's crops were made with finds a face in fewer than
+  ``min_face_share`` of its crops (a texture patch labelled as a face: out of distribution
+  whatever the model's features say; model-independent, so a weak current model cannot miss it);
 - **outlier**: the median of its crops' Mahalanobis scores is above the ``outlier_quantile`` of the
   current model's clean validation crops (far from both clean class-conditional distributions:
   out-of-distribution or crafted input);
@@ -28,12 +31,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from forensics.faces import face_presence
 from forensics.model import LoadedModel
+
+FaceCheck = Callable[[np.ndarray], np.ndarray]  # uint8 [N,S,S,3] RGB crops -> bool [N]: a face is found
 
 
 @dataclass
@@ -73,6 +80,7 @@ class ScreenResult:
             "accepted": len(self.accepted),
             "accepted_crops": sum(len(s.images) for s in self.accepted),
             "quarantined": len(self.quarantined),
+            "quarantined_no_face": sum(q["reason"] == "no face" for q in self.quarantined),
             "quarantined_outlier": sum(q["reason"] == "outlier" for q in self.quarantined),
             "quarantined_flip": sum(q["reason"] == "suspicious label flip" for q in self.quarantined),
             "quarantined_source": sum(q["reason"] == "untrusted source" for q in self.quarantined),
@@ -124,7 +132,8 @@ def calibrate(model: LoadedModel, val_images: np.ndarray, val_labels: np.ndarray
     )
 
 
-def _verdict(model: LoadedModel, cal: Calibration, sample: Sample) -> dict[str, Any]:
+def _verdict(model: LoadedModel, cal: Calibration, sample: Sample, face_share: float | None = None,
+             min_face_share: float = 0.5) -> dict[str, Any]:  # fmt: skip
     prob, anomaly, d = class_scores(model, sample.images)
     labels = np.full(len(prob), sample.label, np.int64)
     margin = (_layer_margins(d, labels) / np.asarray(cal.layer_margin_std)).mean(axis=1)
@@ -136,7 +145,11 @@ def _verdict(model: LoadedModel, cal: Calibration, sample: Sample) -> dict[str, 
         "median_margin_to_other_class": float(np.median(margin)), "flip_threshold": cal.flip_threshold,
     }  # fmt: skip
     row["disagrees"] = bool(_disagrees(np.array([row["mean_fake_prob"]]), labels[:1], cal.video_threshold)[0])
-    if row["median_anomaly"] > cal.outlier_threshold:
+    if face_share is not None:
+        row["face_share"] = face_share
+    if face_share is not None and face_share < min_face_share:
+        row["reason"] = "no face"
+    elif row["median_anomaly"] > cal.outlier_threshold:
         row["reason"] = "outlier"
     elif row["disagrees"] and row["median_margin_to_other_class"] > cal.flip_threshold:
         row["reason"] = "suspicious label flip"
@@ -166,15 +179,22 @@ def _untrusted_sources(rows: list[dict[str, Any]], cal: Calibration, alpha: floa
 
 
 def screen(model: LoadedModel, cal: Calibration, samples: list[Sample], *, base_crops: int, max_new_share: float,
-           max_source_share: float, source_alpha: float = 0.01) -> ScreenResult:  # fmt: skip
-    """Quarantine outliers, suspicious flips and untrusted sources, then cap what is left.
+           max_source_share: float, source_alpha: float = 0.01, has_face: FaceCheck | None | str = "model",
+           min_face_share: float = 0.5) -> ScreenResult:  # fmt: skip
+    """Quarantine crops without faces, outliers, suspicious flips and untrusted sources, then cap what is left.
 
-    ``base_crops``: crops in the base training split (what the shares are of).
+    ``base_crops``: crops in the base training split (what the shares are of). ``has_face``: the
+    face check (uint8 crops -> bool per crop); ``"model"`` (default): the detector recorded in the
+    model's manifest (:func:`forensics.faces.face_presence`); None: no face check.
     """
     result = ScreenResult()
-    rows = [_verdict(model, cal, sample) for sample in samples]
+    if has_face == "model":
+        crop = model.artifact.manifest.get("preprocessing", {}).get("crop", {})
+        has_face = face_presence(str(crop.get("detector", "haar")))
+    shares = [float(has_face(s.images).mean()) if has_face is not None and len(s.images) else None for s in samples]
+    rows = [_verdict(model, cal, sample, share, min_face_share) for sample, share in zip(samples, shares)]
     # Outliers say nothing about a source's labels: the binomial test counts the in-distribution samples.
-    untrusted = _untrusted_sources([r for r in rows if r["reason"] != "outlier"], cal, source_alpha)
+    untrusted = _untrusted_sources([r for r in rows if r["reason"] not in ("outlier", "no face")], cal, source_alpha)
     passed: list[tuple[Sample, dict[str, Any]]] = []
     for sample, row in zip(samples, rows):
         if row["reason"] is None and sample.source in untrusted:

@@ -14,6 +14,8 @@ user brings, five landmarks) and ``none`` (the whole frame is the "crop").
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from forensics.config import FaceSettings
@@ -23,6 +25,7 @@ from forensics.faces.geometry import Box, iou, square_region
 from forensics.faces.tracking import FaceTracker
 
 __all__ = [
+    "face_presence",
     "LANDMARK_NAMES",
     "Box",
     "Crop",
@@ -76,3 +79,30 @@ def detect_faces(rgb: np.ndarray, settings: FaceSettings | None = None) -> list[
     settings = settings or FaceSettings()
     cropper = build_cropper(settings, 64)
     return [c.face for c in cropper.crops_rgb(rgb) if c.face is not None]
+
+
+def face_presence(detector: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A check that face crops still show a face: uint8 [N,S,S,3] RGB crops -> bool [N].
+
+    Runs ``detector`` (``blazeface`` or ``haar``: the one a model's crops were made with, recorded
+    in its manifest) on each crop enlarged to 128 px, where a crop made with the usual 1/3 margin
+    holds a face of about 77 px. The retraining screen uses it: a labelled sample whose crops show
+    no face is out of distribution whatever the model's features say.
+    """
+    import cv2
+
+    det = build_detector(FaceSettings(detector=detector if detector in ("blazeface", "haar") else "haar", min_face=24))
+    assert det is not None
+
+    def check(images: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(images), bool)
+        for i, im in enumerate(images):
+            big = cv2.resize(im, (128, 128), interpolation=cv2.INTER_LINEAR)
+            if det.colour == "gray":
+                big = cv2.cvtColor(big, cv2.COLOR_RGB2GRAY)
+            elif det.colour == "bgr":
+                big = cv2.cvtColor(big, cv2.COLOR_RGB2BGR)
+            out[i] = len(det.detect(big, 1.0)) > 0
+        return out
+
+    return check
