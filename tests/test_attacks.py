@@ -11,7 +11,9 @@ import torchattacks
 from torch import nn
 
 from forensics.errors import AttackError
-from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, zero_gradient_share
+from forensics.runtime import OnnxDiscriminator
+from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, square, zero_gradient_share
+from trainer.export import export_discriminator
 from trainer.models import LogitsOnly, build_discriminator
 
 SIZE = 32
@@ -280,3 +282,42 @@ def test_attack_success_rate_counts_only_examples_correct_on_clean_input():
     assert attack_success_rate(model, clean, adv, y, threshold=0.25) == pytest.approx(0.0)  # nothing FAKE
     none_correct = torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert math.isnan(attack_success_rate(model, images([0.7, 0.7, 0.2, 0.2]), adv, none_correct))
+
+
+def test_square_through_onnx_runtime_matches_torchattacks_on_the_torch_model(trained, tmp_path):
+    """The ORT-wrapped Square is torchattacks' Square: same seed, same squares, same decisions.
+
+    Square draws its squares from torch's generator seeded with ``seed``, independently of the model's
+    answers; the two runs can only part where ONNX Runtime and torch (equal to the export's 1e-4
+    parity tolerance) disagree on whether a candidate lowers the margin, a tie no continuous loss
+    hits often. So the same images must be fooled, with at most one of 16 allowed to differ, and
+    the adversarial images must be equal for the rest.
+    """
+    model, x, y = trained
+    export_discriminator(model.discriminator, tmp_path / "toy.onnx", x[:8])
+    onnx = OnnxDiscriminator(tmp_path / "toy.onnx", intra_op_threads=1)
+    with torch.no_grad():
+        z = model(x)
+    # A threshold among the fakes' logits, so some fakes sit near it and some far: a mixed outcome.
+    zf, xf = z[y == 1], x[y == 1]
+    t = float(zf.quantile(0.3))
+    order = torch.argsort(zf)
+    fakes = xf[order[zf[order] > t][:16]]
+    budget, eps = 300, 4 / 255
+    ours = square(lambda xs: onnx.run_float(xs).logits, fakes, threshold=t, eps=eps, n_queries=budget, seed=0)
+    ref = torchattacks.Square(TwoClassLogits(LogitsOnly(model.discriminator, t)), norm="Linf", eps=eps,
+                              n_queries=budget, seed=0)(fakes, torch.ones(len(fakes), dtype=torch.long))  # fmt: skip
+    with torch.no_grad():
+        ref_success = (model(ref) <= t).numpy()
+    assert 0 < ref_success.sum() < len(fakes), ref_success  # a comparison that can fail
+    assert (ours["success"] != ref_success).sum() <= 1, (ours["success"], ref_success)
+    same = (ours["x"] - ref).flatten(1).abs().amax(dim=1) <= 1e-6
+    assert same.sum() >= len(fakes) - 1
+    linf = (ours["x"] - fakes).flatten(1).abs().amax(dim=1)
+    assert float(linf.max()) <= eps + 1e-6 and 0 <= float(ours["x"].min()) and float(ours["x"].max()) <= 1
+    # Queries: Square's own count per image (its start + one per iteration until fooled), within the
+    # budget; a fooled image stops early; every image sent to ONNX Runtime is counted.
+    q = ours["queries"]
+    assert q.max() <= budget + 1 and q[ours["success"]].max() < budget + 1
+    assert (q[~ours["success"]] == budget + 1).all()
+    assert ours["queries_total"] >= q.sum()
