@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from torch import nn
 from forensics.errors import AttackError
 from forensics.runtime import OnnxDiscriminator
 from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, square, zero_gradient_share
+from trainer.attacks_adaptive import adaptive_attack, run_to_convergence
 from trainer.export import export_discriminator
 from trainer.models import LogitsOnly, build_discriminator
 
@@ -321,3 +323,52 @@ def test_square_through_onnx_runtime_matches_torchattacks_on_the_torch_model(tra
     assert q.max() <= budget + 1 and q[ours["success"]].max() < budget + 1
     assert (q[~ours["success"]] == budget + 1).all()
     assert ours["queries_total"] >= q.sum()
+
+
+def test_run_to_convergence_stops_once_more_steps_add_less_than_a_point():
+    # A fake attack whose wins grow with the step count and then level off (100 targets).
+    wins = {10: 30, 20: 45, 50: 52, 100: 52, 200: 60}
+    ran = []
+
+    def attack(steps):
+        ran.append(steps)
+        ok = np.zeros(100, bool)
+        ok[: wins[steps]] = True
+        return ok, {"fooled": wins[steps] / 100}
+
+    r = run_to_convergence(attack, (10, 20, 50, 100, 200), min_gain=0.01)
+    assert ran == [10, 20, 50, 100] and r["converged"] and r["steps"] == 100
+    assert [c["best_so_far"] for c in r["curve"]] == [0.30, 0.45, 0.52, 0.52]
+    assert r["combined_success"] == 0.52 and r["curve"][1]["fooled"] == 0.45
+    # The attacker keeps any run that won: different targets won by different runs add up.
+    alt = run_to_convergence(lambda k: (np.arange(4) == (k // 10) % 4, {}), (10, 20, 30), min_gain=0.01)
+    assert [c["best_so_far"] for c in alt["curve"]] == [0.25, 0.5, 0.75] and not alt["converged"]
+
+
+class NoisyDetector(nn.Module):
+    """A detector with randomness: its score's gradient is v plus fresh noise three times as large per call."""
+
+    stochastic = True
+
+    def __init__(self, v: torch.Tensor) -> None:
+        super().__init__()
+        self.v = v
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = 3 * self.v.abs() * torch.randn_like(self.v)
+        return torch.full((len(x),), -10.0), ((self.v + r) * x).flatten(1).sum(1)
+
+
+def test_eot_follows_the_expected_gradient_of_a_randomized_detector():
+    torch.manual_seed(0)
+    v = torch.randn(3, 8, 8)
+    x = 0.25 + 0.5 * torch.rand(16, 3, 8, 8)
+    kw = {"z_thr": 0.0, "s_thr": -1e6, "z_scale": 1.0, "s_scale": 1.0, "eps": 8 / 255, "steps": 20}
+    drop = {}
+    for eot in (1, 16):
+        xa = adaptive_attack(NoisyDetector(v), x, None, eot=eot, gen=torch.Generator().manual_seed(1), **kw)
+        assert (xa - x).abs().max() <= 8 / 255 + 1e-6
+        drop[eot] = float(((x - xa) * v).flatten(1).sum(1).mean())  # fall of the expected score
+    # One sample per step gets the sign of v right ~63% of the time, 16 averaged ~97%: the expected
+    # score falls about 3.5x further (2p - 1 = 0.26 vs 0.94); ask for 2x.
+    assert drop[16] > 2 * drop[1] > 0, drop

@@ -18,7 +18,8 @@ from trainer.evaluate import evaluate, load_test_split, run_evaluation
 from trainer.models import load_discriminator
 from trainer.report import FIGURES, write_report
 
-SMALL = {"quick": True, "max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 12}
+SMALL = {"quick": True, "max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 12,
+         "square_images": 6, "square_tracks": 1, "square_queries": 300, "adaptive_frames": 8, "adaptive_tracks": 2}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,8 @@ def test_cli_eval_prints_a_summary(trained, tmp_path, capsys):
     cfg = trained["config"]
     rc = main(["eval", "--models", str(trained["models_dir"]), "--model", trained["version"], *[a for d in cfg.data for a in ("--data", d)],
                "--cache", cfg.cache_dir, "--out", str(tmp_path / "ev"), "--quick", "--max-fakes", "8",
-               "--blackbox-images", "1", "--blackbox-queries", "60"])  # fmt: skip
+               "--blackbox-images", "1", "--blackbox-queries", "60", "--square-images", "2", "--square-tracks", "1",
+               "--square-queries", "100", "--adaptive-frames", "4", "--adaptive-tracks", "1"])  # fmt: skip
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["version"] == trained["version"] and "pgd@8/255" in summary["success"]

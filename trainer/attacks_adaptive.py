@@ -65,33 +65,34 @@ def adaptive_attack(det: nn.Module, x: torch.Tensor, clip: torch.Tensor | None, 
     return xa.detach()
 
 
-def run_to_convergence(attack: Callable[[int], np.ndarray], schedule: tuple[int, ...] = STEP_SCHEDULE,
-                       min_gain: float = MIN_GAIN) -> dict[str, Any]:  # fmt: skip
+def run_to_convergence(attack: Callable[[int], tuple[np.ndarray, dict[str, float]]],
+                       schedule: tuple[int, ...] = STEP_SCHEDULE, min_gain: float = MIN_GAIN) -> dict[str, Any]:  # fmt: skip
     """Run ``attack(steps)`` for growing step counts until the attacker's success stops rising.
 
-    ``attack(steps)`` runs the attack afresh with that many steps and returns bool [K]: which of the K
-    targets (frames or tracks) it got through. The attacker keeps, per target, any run that won, so
-    the success after each step count is the share won by any run so far ("best_so_far"); the
-    schedule stops once a step count adds less than ``min_gain`` to it. ``converged`` is False when
-    the schedule ran out while success was still rising by ``min_gain`` or more: then the number is
-    a lower bound. Returns {"curve": [{"steps", "success" (this run alone), "best_so_far"}],
-    "combined_success" (best_so_far at the end), "converged", "steps" (the last step count run),
-    "won": bool [K] (not JSON: for the caller)}.
+    ``attack(steps)`` runs the attack afresh with that many steps and returns (bool [K]: which of the K
+    targets, frames or tracks, it got through; a dict of other rates of that run, e.g. fooled and
+    detected). The attacker keeps, per target, any run that won, so the success after each step count
+    is the share won by any run so far ("best_so_far"); the schedule stops once a step count adds less
+    than ``min_gain`` to it. ``converged`` is False when the schedule ran out while success was still
+    rising by ``min_gain`` or more: then the number is a lower bound. Returns {"curve": [{"steps",
+    "success" (this run alone), "best_so_far", **rates}], "combined_success" (best_so_far at the end),
+    "converged", "steps" (the last step count run)}.
     """
+    if not schedule:
+        raise ValueError("empty step schedule")
     curve: list[dict[str, Any]] = []
     won: np.ndarray | None = None
     converged = False
     for steps in schedule:
-        ok = np.asarray(attack(steps), bool)
+        ok, rates = attack(steps)
+        ok = np.asarray(ok, bool)
         before = float(won.mean()) if won is not None and len(won) else None
         won = ok if won is None else (won | ok)
         best = float(won.mean()) if len(won) else float("nan")
-        curve.append(
-            {"steps": steps, "success": float(ok.mean()) if len(ok) else float("nan"), "best_so_far": best}
-        )
+        curve.append({"steps": steps, "success": float(ok.mean()) if len(ok) else float("nan"), "best_so_far": best,
+                      **rates})  # fmt: skip
         if before is not None and not best - before >= min_gain:
             converged = True
             break
-    assert won is not None, "empty schedule"
     return {"curve": curve, "combined_success": curve[-1]["best_so_far"], "converged": converged,
-            "steps": curve[-1]["steps"], "won": won}  # fmt: skip
+            "steps": curve[-1]["steps"]}  # fmt: skip
