@@ -213,6 +213,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     else:
         zero_share = float("nan")
 
+    log.info("white-box attacks done", seconds=round(time.monotonic() - t_start, 1))
     # Decision-based black-box attack through the query function (ONNX Runtime in production).
     bb = hop_skip_jump_evaluation(query, x, y, probs, detected, xf, frame_thr, rng=rng,
                                   images=blackbox_images if blackbox_images is not None else (3 if quick else 8),
@@ -232,6 +233,8 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     if "frame" in sq and pgd4 is not None:
         sq["frame"]["white_box_pgd_same_images"] = float((pgd4[1][sq_idx] <= z_thr).mean())
 
+    log.info("query attacks done", seconds=round(time.monotonic() - t_start, 1),
+             square={k: v.get("success_rate") for k, v in sq.items() if isinstance(v, dict)})
     # OOD sets against the detector.
     on = ood_n if ood_n is not None else (32 if quick else 200)
     ood: dict[str, Any] = {}
@@ -275,6 +278,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
             model, scorer, defences, test, thresholds, shipped=shipped_defence, query=query, seed=seed, ood_n=on,
             adaptive_frames=adaptive_frames if adaptive_frames is not None else (32 if quick else max_fakes),
             adaptive_tracks=adaptive_tracks if adaptive_tracks is not None else (8 if quick else None))  # fmt: skip
+        log.info("defence evaluated", seconds=round(time.monotonic() - t_start, 1))
     result["sanity"] = sanity_checks(result)
     result["timings"] = {"eval_s": time.monotonic() - t_start}
     result["_figures"] = _figure_data(
