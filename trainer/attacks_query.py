@@ -73,9 +73,10 @@ def square(query: QueryFn | nn.Module, x: torch.Tensor, *, threshold: float = 0.
 
     x float32 [N,3,S,S] in [0,1]. Returns {"x": x_adv float32 [N,3,S,S] (``|x_adv - x| <= eps``),
     "success": bool [N] (called real after the attack, by a fresh query), "queries": int [N] (queries
-    the attack spent on each image: its start plus one per iteration while not yet fooled, as
-    counted by Square itself), "queries_total": images sent to the model, checks included,
-    "seconds"}.
+    the attack spent on each image, at most ``n_queries``: its start plus one per iteration while
+    not yet fooled, as counted by Square itself), "queries_total": images sent to the model, the
+    checks before and after included, "seconds"}. Images the attack does not fool come back
+    unchanged (torchattacks keeps only successful perturbations).
     """
     model = query if isinstance(query, nn.Module) else QueryModule(query, threshold)
     x = x.detach()
@@ -84,8 +85,9 @@ def square(query: QueryFn | nn.Module, x: torch.Tensor, *, threshold: float = 0.
         fake = model(x).argmax(1) == 1
     x_adv, queries = x.clone(), np.ones(len(x), np.int64)
     idx = fake.nonzero().flatten()
-    if len(idx):
-        atk = _CountingSquare(model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
+    if len(idx) and n_queries > 1:
+        # torchattacks' n_queries counts the iterations after its first query of the starting point.
+        atk = _CountingSquare(model, norm="Linf", eps=eps, n_queries=n_queries - 1, n_restarts=1, p_init=p_init,
                               loss="margin", seed=seed)  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             x_adv[idx] = atk(x[idx], torch.ones(len(idx), dtype=torch.long))

@@ -72,7 +72,7 @@ def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str
         ax.plot([result["square"]["eps"] * 255], [sq["success_rate"]], "mD",
                 label=f"Square, {result['square']['query_budget']} queries ({sq['attacked']} images)")  # fmt: skip
         parts.append(f"Square at {radius(result['square']['eps'])}: {_fmt(sq['success_rate'])} of {sq['attacked']} "
-                     f"(median {_fmt(sq['median_queries'], False)} queries)")  # fmt: skip
+                     f"(median {_fmt(round(sq['median_queries']), False)} queries)")  # fmt: skip
     ax.set_xlabel("L-inf eps (x/255)")
     ax.set_ylabel("attack success (fakes called real)")
     ax.set_ylim(-0.02, 1.02)

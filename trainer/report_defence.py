@@ -8,11 +8,17 @@ track), and the Square attack through ONNX Runtime (per frame and per track).
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 from forensics.robustness import TARGETS, format_target, pct, radius, sig
 
 _PART = {"adaptive_frame": "per frame", "adaptive_track": "per track", "frame": "per frame", "track": "per track"}
+
+
+def _count(v: Any) -> str:
+    """A (median) count of queries as a whole number."""
+    return f"{float(v):.0f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
 def adaptive_steps_figure(d: dict[str, Any] | None, plt, save) -> None:
@@ -64,7 +70,7 @@ def query_section(result: dict[str, Any]) -> list[str]:
     for k, r in rows:
         unit = f"{_PART[k]}" + (f" ({r['crops']} crops)" if "crops" in r else "")
         parts.append(f"<tr><td>{e(unit)}</td><td>{r['attacked']}</td><td>{pct(r['success_rate'])}</td>"
-                     f"<td>{sig(r['median_queries'])}</td><td>{pct(r.get('fooled_and_undetected'))}</td>"
+                     f"<td>{_count(r['median_queries'])}</td><td>{pct(r.get('fooled_and_undetected'))}</td>"
                      f"<td>{pct(r.get('white_box_pgd_same_images'))}</td><td>{sig(r['seconds'], 2)}</td></tr>")  # fmt: skip
     parts.append("</table>")
     f = sq.get("frame") or {}
