@@ -16,7 +16,9 @@
   differentiable pooled Mahalanobis score. Run to convergence (steps until success stops rising),
   per frame and per track, in ``result["defence"]`` (:func:`trainer.defence.adaptive_evaluation`);
 - the shipped defence's detection rate and AUROC (clean test crops vs adversarial) per attack and
-  for the OOD sets (the pooled scorer's numbers stay beside them for comparison);
+  for the OOD sets (the pooled scorer's numbers stay beside them for comparison), and per OOD set
+  the share flagged (by the shipped defence when there is one) or marked low_quality by the
+  input-quality gate ("flagged or gated", issue 17);
 - sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
   eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
   black-box (HopSkipJump, Square) <= white-box, input gradients are not zero.
@@ -50,7 +52,7 @@ from trainer.evaluate_query import hop_skip_jump_evaluation, square_evaluation
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.metrics import log_loss, logit, predict, roc_auc, sigmoid, video_scores
 from trainer.models import LogitsOnly, load_discriminator, load_generator
-from trainer.ood import ood_sets
+from trainer.ood import gated_rates, ood_sets
 from trainer.recipe import EPS_REPORT
 from trainer.sanity import detection, eps_label, sanity_checks
 
@@ -244,9 +246,13 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         s = scorer.score(f)
         ood_scores[name] = s
         ood[name] = _detection(s, clean_scores, a_thr)
+        flagged = s > a_thr
         if shipped is not None:
             ood_scores[name] = defence_score(imgs)
             ood[name]["defence"] = _detection(ood_scores[name], defence_clean, shipped.threshold)
+            flagged = ood_scores[name] > shipped.threshold
+        ood[name].update(gated_rates(imgs, flagged))  # the target: OOD flagged (by what ships) or gated
+    clean["clean_gated_rate"] = gated_rates(test.images, np.zeros(len(test), bool))["gated_rate"]
 
     result: dict[str, Any] = {
         "clean": clean,
@@ -412,6 +418,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                                for part in ("adaptive_frame", "adaptive_track") if part in d},
         "anomaly_detection_rate": {k: detection(v)["detection_rate"] for k, v in rows.items()},
         "ood_detection_rate": {k: detection(v)["detection_rate"] for k, v in result["ood"].items()},
+        "ood_flagged_or_gated": {k: v.get("flagged_or_gated_rate") for k, v in result["ood"].items()},
+        "clean_gated_rate": result["clean"].get("clean_gated_rate"),
         "sanity_failed": [c["name"] for c in result["sanity"] if not c["passed"]],
         "generator_ssim": {k: v for k, v in result["ssim_generator"].items() if k in ("clean", "adversarial")}
         if isinstance(result.get("ssim_generator"), dict) else result.get("ssim_generator"),

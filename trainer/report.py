@@ -20,7 +20,7 @@ import numpy as np
 
 from forensics.robustness import TARGETS, format_target, format_value, headline, pct, radius, sig
 from trainer.metrics import jsonable
-from trainer.report_defence import adaptive_steps_figure, defence_section, query_section
+from trainer.report_defence import adaptive_steps_figure, defence_section, ood_table, query_section
 from trainer.sanity import detection
 
 FIGURES = ("robustness", "adaptive_steps", "roc", "mahalanobis", "epochs", "samples", "saliency", "generator_ssim",
@@ -417,6 +417,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
                      f"<td>{radius(r['median_linf'])}</td><td>{_fmt(d['detection_rate'])}</td>"
                      f"<td>{sig(d['auroc'])}</td><td>{_fmt(d.get('fooled_and_undetected'))}</td></tr>")  # fmt: skip
     parts.append("</table>")
+    parts += ood_table(result.get("ood") or {}, result["clean"].get("clean_gated_rate"))
     ps = result.get("perturbation_ssim") or {}
     if ps:
         parts.append("<p>How visible the attacks are (SSIM of adversarial crops to their originals, 1 = identical): "

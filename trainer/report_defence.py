@@ -2,7 +2,8 @@
 
 HTML fragments and one figure for :func:`trainer.report.write_report`: the defence methods table,
 the adaptive attack run to convergence on the shipped defence (its step curve, per frame and per
-track), and the Square attack through ONNX Runtime (per frame and per track).
+track), the Square attack through ONNX Runtime (per frame and per track), and the out-of-distribution
+table (flagged or gated).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from typing import Any
 
 from forensics.robustness import TARGETS, format_target, pct, radius, sig
+from trainer.sanity import detection
 
 _PART = {"adaptive_frame": "per frame", "adaptive_track": "per track", "frame": "per frame", "track": "per track"}
 
@@ -50,6 +52,19 @@ def adaptive_steps_figure(d: dict[str, Any] | None, plt, save) -> None:
     else:
         text = "Not run: this version has no second line of defence (defence.npz) or no detected fake to attack."
     save(fig, "adaptive_steps", text)
+
+
+def ood_table(ood: dict[str, Any], clean_gated: float | None) -> list[str]:
+    """Out-of-distribution sets: flagged by the detector, marked low_quality by the gate, either (target >= 90%)."""
+    if not ood:
+        return []
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{pct(detection(v)['detection_rate'])}</td><td>{pct(v.get('gated_rate'))}</td>"
+                   f"<td>{pct(v.get('flagged_or_gated_rate'))}</td></tr>" for k, v in ood.items())  # fmt: skip
+    return [("<h2>Out-of-distribution crops</h2><p>Flagged: anomalous by the detector of the attack table; gated: marked "
+            f"low_quality by the input-quality gate at its defaults (it marks {pct(clean_gated)} of clean test crops). "
+            "Target: flagged or gated &ge; 90%.</p><table><tr><th>set</th><th>flagged</th><th>gated</th>"
+            f"<th>flagged or gated</th></tr>{rows}</table>")]  # fmt: skip
 
 
 def query_section(result: dict[str, Any]) -> list[str]:
