@@ -89,7 +89,9 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         values["adaptive_success"] = (max(both) if both else None,
                                       f"the worse of per frame {pct(adaptive.get('combined_success'))} "
                                       f"({adaptive.get('attacked')} fakes) and per track {pct(track.get('combined_success'))} "
-                                      f"({track.get('attacked', 0)} clips), shipped defence")  # fmt: skip
+                                      f"({track.get('attacked', 0)} clips), shipped defence"
+                                      + (f", run to convergence ({adaptive['steps']} steps)" if "steps" in adaptive
+                                         else ""))  # fmt: skip
     else:
         row = attacks.get("adaptive@4/255") or {}
         values["adaptive_success"] = (row.get("fooled_and_undetected"), "pooled Mahalanobis scorer (no defence.npz)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,10 @@ import torchattacks
 from torch import nn
 
 from forensics.errors import AttackError
-from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, zero_gradient_share
+from forensics.runtime import OnnxDiscriminator
+from trainer.attacks import attack_success_rate, deepfool, fgsm, pgd, square, zero_gradient_share
+from trainer.attacks_adaptive import adaptive_attack, run_to_convergence
+from trainer.export import export_discriminator
 from trainer.models import LogitsOnly, build_discriminator
 
 SIZE = 32
@@ -280,3 +284,92 @@ def test_attack_success_rate_counts_only_examples_correct_on_clean_input():
     assert attack_success_rate(model, clean, adv, y, threshold=0.25) == pytest.approx(0.0)  # nothing FAKE
     none_correct = torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert math.isnan(attack_success_rate(model, images([0.7, 0.7, 0.2, 0.2]), adv, none_correct))
+
+
+def test_square_through_onnx_runtime_matches_torchattacks_on_the_torch_model(trained, tmp_path):
+    """The ORT-wrapped Square is torchattacks' Square: same seed, same squares, same decisions.
+
+    Square draws its squares from torch's generator seeded with ``seed``, independently of the model's
+    answers; the two runs can only part where ONNX Runtime and torch (equal to the export's 1e-4
+    parity tolerance) disagree on whether a candidate lowers the margin, a tie no continuous loss
+    hits often. So the same images must be fooled, with at most one of 16 allowed to differ, and
+    the adversarial images must be equal for the rest.
+    """
+    model, x, y = trained
+    export_discriminator(model.discriminator, tmp_path / "toy.onnx", x[:8])
+    onnx = OnnxDiscriminator(tmp_path / "toy.onnx", intra_op_threads=1)
+    with torch.no_grad():
+        z = model(x)
+    # A threshold among the fakes' logits, so some fakes sit near it and some far: a mixed outcome.
+    zf, xf = z[y == 1], x[y == 1]
+    t = float(zf.quantile(0.3))
+    order = torch.argsort(zf)
+    fakes = xf[order[zf[order] > t][:16]]
+    budget, eps = 300, 4 / 255
+    ours = square(lambda xs: onnx.run_float(xs).logits, fakes, threshold=t, eps=eps, n_queries=budget, seed=0)
+    # torchattacks counts iterations after its first query; square() counts every query.
+    ref = torchattacks.Square(TwoClassLogits(LogitsOnly(model.discriminator, t)), norm="Linf", eps=eps,
+                              n_queries=budget - 1, seed=0)(fakes, torch.ones(len(fakes), dtype=torch.long))  # fmt: skip
+    with torch.no_grad():
+        ref_success = (model(ref) <= t).numpy()
+    assert 0 < ref_success.sum() < len(fakes), ref_success  # a comparison that can fail
+    assert (ours["success"] != ref_success).sum() <= 1, (ours["success"], ref_success)
+    same = (ours["x"] - ref).flatten(1).abs().amax(dim=1) <= 1e-6
+    assert same.sum() >= len(fakes) - 1
+    linf = (ours["x"] - fakes).flatten(1).abs().amax(dim=1)
+    assert float(linf.max()) <= eps + 1e-6 and 0 <= float(ours["x"].min()) and float(ours["x"].max()) <= 1
+    # Queries: Square's own count per image (its start + one per iteration until fooled), within the
+    # budget; a fooled image stops early; every image sent to ONNX Runtime is counted.
+    q = ours["queries"]
+    assert q.max() <= budget and q[ours["success"]].max() < budget
+    assert (q[~ours["success"]] == budget).all()
+    assert ours["queries_total"] >= q.sum()
+
+
+def test_run_to_convergence_stops_once_more_steps_add_less_than_a_point():
+    # A fake attack whose wins grow with the step count and then level off (100 targets).
+    wins = {10: 30, 20: 45, 50: 52, 100: 52, 200: 60}
+    ran = []
+
+    def attack(steps):
+        ran.append(steps)
+        ok = np.zeros(100, bool)
+        ok[: wins[steps]] = True
+        return ok, {"fooled": wins[steps] / 100}
+
+    r = run_to_convergence(attack, (10, 20, 50, 100, 200), min_gain=0.01)
+    assert ran == [10, 20, 50, 100] and r["converged"] and r["steps"] == 100
+    assert [c["best_so_far"] for c in r["curve"]] == [0.30, 0.45, 0.52, 0.52]
+    assert r["combined_success"] == 0.52 and r["curve"][1]["fooled"] == 0.45
+    # The attacker keeps any run that won: different targets won by different runs add up.
+    alt = run_to_convergence(lambda k: (np.arange(4) == (k // 10) % 4, {}), (10, 20, 30), min_gain=0.01)
+    assert [c["best_so_far"] for c in alt["curve"]] == [0.25, 0.5, 0.75] and not alt["converged"]
+
+
+class NoisyDetector(nn.Module):
+    """A detector with randomness: its score's gradient is v plus fresh noise three times as large per call."""
+
+    stochastic = True
+
+    def __init__(self, v: torch.Tensor) -> None:
+        super().__init__()
+        self.v = v
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = 3 * self.v.abs() * torch.randn_like(self.v)
+        return torch.full((len(x),), -10.0), ((self.v + r) * x).flatten(1).sum(1)
+
+
+def test_eot_follows_the_expected_gradient_of_a_randomized_detector():
+    torch.manual_seed(0)
+    v = torch.randn(3, 8, 8)
+    x = 0.25 + 0.5 * torch.rand(16, 3, 8, 8)
+    kw = {"z_thr": 0.0, "s_thr": -1e6, "z_scale": 1.0, "s_scale": 1.0, "eps": 8 / 255, "steps": 20}
+    drop = {}
+    for eot in (1, 16):
+        xa = adaptive_attack(NoisyDetector(v), x, None, eot=eot, gen=torch.Generator().manual_seed(1), **kw)
+        assert (xa - x).abs().max() <= 8 / 255 + 1e-6
+        drop[eot] = float(((x - xa) * v).flatten(1).sum(1).mean())  # fall of the expected score
+    # One sample per step gets the sign of v right ~63% of the time, 16 averaged ~97%: the expected
+    # score falls about 3.5x further (2p - 1 = 0.26 vs 0.94); ask for 2x.
+    assert drop[16] > 2 * drop[1] > 0, drop

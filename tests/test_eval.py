@@ -18,7 +18,8 @@ from trainer.evaluate import evaluate, load_test_split, run_evaluation
 from trainer.models import load_discriminator
 from trainer.report import FIGURES, write_report
 
-SMALL = {"quick": True, "max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 12}
+SMALL = {"quick": True, "max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 12,
+         "square_images": 6, "square_tracks": 1, "square_queries": 300, "adaptive_frames": 8, "adaptive_tracks": 2}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,8 @@ def test_cli_eval_prints_a_summary(trained, tmp_path, capsys):
     cfg = trained["config"]
     rc = main(["eval", "--models", str(trained["models_dir"]), "--model", trained["version"], *[a for d in cfg.data for a in ("--data", d)],
                "--cache", cfg.cache_dir, "--out", str(tmp_path / "ev"), "--quick", "--max-fakes", "8",
-               "--blackbox-images", "1", "--blackbox-queries", "60"])  # fmt: skip
+               "--blackbox-images", "1", "--blackbox-queries", "60", "--square-images", "2", "--square-tracks", "1",
+               "--square-queries", "100", "--adaptive-frames", "4", "--adaptive-tracks", "1"])  # fmt: skip
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["version"] == trained["version"] and "pgd@8/255" in summary["success"]
@@ -245,3 +247,58 @@ def test_robustness_report_reads_like_a_report(result):
     assert "defence" in row and "shipped second line of defence (defence.npz)" in page
     cells = re.search(r"<tr><td>pgd@4/255</td>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td>([^<]*)</td>", cells)[3] == pct(row["defence"]["detection_rate"])
+
+
+def _toy_crops(n_videos: int, per_video: int, size: int, rng) -> "CropSet":
+    """Generated crops: smooth colour fields; FAKE videos carry a faint checkerboard."""
+    from trainer.data import CropSet
+
+    idx = np.arange(size)
+    checker = ((idx[:, None] + idx[None, :]) % 2 * 2 - 1)[..., None]
+    labels = np.repeat(np.arange(n_videos) % 2, per_video)
+    base = rng.uniform(60, 190, (n_videos * per_video, 1, 1, 3)) + rng.normal(0, 6, (n_videos * per_video, size, size, 3))
+    images = np.clip(base + 12 * labels[:, None, None, None] * checker, 0, 255).astype(np.uint8)
+    video = np.repeat(np.arange(n_videos), per_video)
+    return CropSet(images, labels.astype(np.int64), video, np.tile(np.arange(per_video), n_videos), [None] * n_videos)
+
+
+def test_adaptive_evaluation_runs_the_shipped_defence_to_convergence(one_torch_thread):
+    """On a small trained toy model and its fitted defence (generated crops, seconds, not the session model)."""
+    import torch.nn.functional as F
+
+    from forensics.scoring import fit_mahalanobis
+    from trainer.data import as_float_tensor
+    from trainer.defence import adaptive_evaluation, fit_defence
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    train, val, test = (_toy_crops(n, 6, 16, rng) for n in (16, 8, 8))
+    from trainer.models import build_discriminator
+
+    D = build_discriminator(16, base_width=8, max_width=32)
+    opt = torch.optim.Adam(D.parameters(), lr=2e-3)
+    x, y = as_float_tensor(train.images), torch.from_numpy(train.labels).float()
+    for _ in range(60):
+        loss = F.binary_cross_entropy_with_logits(D(x)[0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    D.eval()
+    with torch.no_grad():
+        feats = [f.double().numpy() for f in D(x)[1]]
+    pooled = fit_mahalanobis(feats, train.labels)
+    defence = fit_defence(D, pooled, train, val)
+    th = {"frame_prob": 0.5, "video_prob": 0.5}
+    out = adaptive_evaluation(D, pooled, defence, test, th, eps=8 / 255, frames=8, tracks=2, schedule=(2, 4, 8, 16))
+    for key, n in (("adaptive_frame", 8), ("adaptive_track", 2)):
+        r = out[key]
+        assert 0 < r["attacked"] <= n and r["bpda"] == list(defence.squeezers) and r["eot_samples"] == 1
+        best = [c["best_so_far"] for c in r["curve"]]
+        assert best == sorted(best) and r["combined_success"] == best[-1]
+        assert all(c["success"] <= c["best_so_far"] for c in r["curve"])
+        # It stopped exactly when a step count added less than a point, or ran the whole schedule.
+        gains = np.diff(best)
+        assert (r["converged"] and gains[-1] < 0.01 and (gains[:-1] >= 0.01).all()) or (
+            not r["converged"] and len(best) == 4 and (gains >= 0.01).all())
+        # Combined success needs the fake called real: never above the last run's fooled share plus earlier wins.
+        assert r["curve"][-1]["success"] <= r["fooled"]

@@ -25,19 +25,17 @@ caller how many examples it could not move.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from forensics.errors import AttackError
 
-# A black-box query: float32 numpy [N,3,S,S] in [0,1] -> logits [N] (decision only is used).
-QueryFn = Callable[[np.ndarray], np.ndarray]
+# Re-exported: the query-based and adaptive attacks live in their own modules.
+from trainer.attacks_adaptive import adaptive_attack  # noqa: F401
+from trainer.attacks_query import QueryFn, hop_skip_jump, square  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -293,118 +291,3 @@ def attack_success_rate(
     if not bool(correct.any()):
         return float("nan")
     return ((adv != y) & correct).sum().item() / correct.sum().item()
-
-
-# ---- adaptive (classifier + detector) and decision-based black-box attacks ----------------------
-
-
-def adaptive_attack(det: nn.Module, x: torch.Tensor, clip: torch.Tensor | None, *, z_thr: float, s_thr: float,
-                    z_scale: float, s_scale: float, eps: float = 4 / 255, steps: int = 20, gen=None) -> torch.Tensor:  # fmt: skip
-    """L-inf PGD (radius ``eps``) on hinge(logit) + hinge(detector score), both scaled by their clean spread.
-
-    The adaptive attack on a classifier and its detector together: ``det`` maps float32 [N,3,S,S] in
-    [0,1] to (logits [N], detector score [N]), e.g. :class:`trainer.defence.TorchDefence` or
-    :class:`trainer.defence.WithScore`; z_thr / s_thr are the thresholds of both, z_scale / s_scale
-    the spread of clean logits and scores (they put the two hinge terms on one scale), and the
-    margins are 5% of them so a success does not sit exactly on a threshold.
-
-    clip: None attacks every frame on its own; else int64 [N] clip ids and the hinges apply to each
-    clip's MEAN logit and MEAN score (the per-track rule), so the attacker perturbs the whole clip.
-    """
-    alpha = 2.5 * eps / steps
-    x0 = x.detach()
-    xa = torch.clamp(x0 + torch.empty_like(x0).uniform_(-eps, eps, generator=gen), 0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        z, s = det(xa)
-        z = z.double()
-        if clip is not None:
-            k = int(clip.max()) + 1
-            cnt = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, torch.ones_like(z))
-            z = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, z) / cnt
-            s = torch.zeros(k, dtype=torch.float64).index_add_(0, clip, s) / cnt
-        loss = torch.relu(z - z_thr + 0.05 * z_scale) / z_scale + torch.relu(s - s_thr + 0.05 * s_scale) / s_scale
-        (g,) = torch.autograd.grad(loss.sum(), xa)
-        with torch.no_grad():
-            xa = torch.clamp(x0 + torch.clamp(xa - alpha * g.sign() - x0, -eps, eps), 0, 1)
-    return xa.detach()
-
-
-def hop_skip_jump(query: QueryFn, x0: np.ndarray, starts: np.ndarray, *, budget: int, eps: float,
-                  rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
-    """Decision-based L-inf attack (HopSkipJump, Chen et al. 2020, compact) on one image.
-
-    ``query(x)`` returns logits relative to the calibrated threshold (adversarial: <= 0);
-    only the decision is used. x0 float32 [3,S,S]; starts float32 [K,3,S,S] candidate starting
-    points (clean reals). Stops at ``budget`` queries. Returns the adversarial image found,
-    its L2 and L-inf distances, queries used, and whether L-inf <= ``eps``.
-    """
-    used = 0
-    d = x0.size
-
-    def adv(xs: np.ndarray) -> np.ndarray:
-        nonlocal used
-        used += len(xs)
-        return query(np.ascontiguousarray(xs, dtype=np.float32)) <= 0
-
-    def project(x_a: np.ndarray, r: float) -> np.ndarray:  # L-inf ball of radius r around x0
-        return np.clip(x_a, x0 - r, x0 + r)
-
-    def boundary(x_a: np.ndarray, tol: float) -> np.ndarray:
-        lo, hi = 0.0, float(np.abs(x_a - x0).max())
-        while hi - lo > tol and used < budget:
-            mid = (lo + hi) / 2
-            if adv(project(x_a, mid)[None])[0]:
-                hi = mid
-            else:
-                lo = mid
-        return project(x_a, hi)
-
-    flags = adv(starts)
-    if not flags.any():
-        return {
-            "found": False,
-            "queries": used,
-            "linf": float("inf"),
-            "l2": float("inf"),
-            "success": False,
-            "x": x0,
-        }
-    cands = starts[flags]
-    x = cands[np.argmin(np.abs(cands - x0).reshape(len(cands), -1).max(axis=1))]
-    tol = 1e-3
-    x = boundary(x, tol)
-    t = 0
-    while used < budget:
-        t += 1
-        dist = float(np.abs(x - x0).max())
-        n_eval = int(min(100 * math.sqrt(t), 200, budget - used))
-        if n_eval < 4:
-            break
-        delta = max(1e-3, 0.05 * dist)
-        u = rng.normal(size=(n_eval, *x0.shape)).astype(np.float32)
-        u /= np.linalg.norm(u.reshape(n_eval, -1), axis=1).reshape(-1, 1, 1, 1) / math.sqrt(
-            d
-        )  # unit L-inf-ish scale
-        u = np.clip(u, -1, 1)
-        probes = np.clip(x[None] + delta * u, 0, 1)
-        f = np.where(adv(probes), 1.0, -1.0)
-        f = f - f.mean() if 0 < (f > 0).mean() < 1 else f
-        grad = (f.reshape(-1, 1, 1, 1) * u).mean(axis=0)
-        direction = np.sign(grad)
-        step = dist / math.sqrt(t)
-        moved = None
-        while used < budget and step > tol / 4:
-            cand = np.clip(x + step * direction, 0, 1)
-            if adv(cand[None])[0]:
-                moved = cand
-                break
-            step /= 2
-        if moved is None:
-            continue
-        x_new = boundary(moved, tol)
-        if np.abs(x_new - x0).max() < dist:
-            x = x_new
-    linf = float(np.abs(x - x0).max())
-    return {"found": True, "queries": used, "linf": linf, "l2": float(np.linalg.norm(x - x0)),
-            "success": bool(linf <= eps + 1e-6), "x": x}  # fmt: skip

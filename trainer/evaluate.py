@@ -7,17 +7,21 @@
 - white-box attacks on the torch discriminator (``discriminator.pt``) against the correctly
   detected fakes: FGSM and PGD at eps in ``EPS_REPORT``, PGD with more steps and restarts,
   unbounded PGD, DeepFool (aimed at the calibrated threshold, not at logit 0);
-- a decision-based black-box attack (HopSkipJump-style, L-inf variant) through ONNX Runtime
-  with a per-image query budget;
+- query attacks through ONNX Runtime (:mod:`trainer.evaluate_query`): the Square attack with a
+  real budget (5,000 queries per image, L-inf 4/255) per frame and per face track (a track is
+  fooled when the video verdict flips to REAL), and a decision-based HopSkipJump-style attack;
 - an adaptive attack on the whole defence: PGD on a loss pushing the logit below the frame
-  threshold *and* the differentiable Mahalanobis score (torch, from the scorer's means and
-  Cholesky factors) below the anomaly threshold;
-- the Mahalanobis detector's detection rate and AUROC (clean test crops vs adversarial) per
-  attack and for the OOD sets, and per OOD set the share flagged (by the shipped defence when
-  there is one) or marked low_quality by the input-quality gate ("flagged or gated", issue 17);
+  threshold *and* the shipped second line's score (``defence.npz``, ported to torch with BPDA
+  through its squeezers) below its threshold; versions without ``defence.npz`` fall back to the
+  differentiable pooled Mahalanobis score. Run to convergence (steps until success stops rising),
+  per frame and per track, in ``result["defence"]`` (:func:`trainer.defence.adaptive_evaluation`);
+- the shipped defence's detection rate and AUROC (clean test crops vs adversarial) per attack and
+  for the OOD sets (the pooled scorer's numbers stay beside them for comparison), and per OOD set
+  the share flagged (by the shipped defence when there is one) or marked low_quality by the
+  input-quality gate ("flagged or gated", issue 17);
 - sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
   eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
-  black-box <= white-box, input gradients are not zero.
+  black-box (HopSkipJump, Square) <= white-box, input gradients are not zero.
 
 Attack success is always the share of correctly detected fakes (frame prob > frame threshold)
 whose adversarial version is called real (logit <= log(t / (1 - t))).
@@ -41,14 +45,16 @@ from forensics.logs import get_logger
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
+from trainer.attacks_query import SQUARE_QUERIES
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits, version_recipe
-from trainer.defence import TorchMahalanobis, WithScore
+from trainer.defence import TorchDefence, TorchMahalanobis, WithScore
+from trainer.evaluate_query import hop_skip_jump_evaluation, square_evaluation
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.metrics import log_loss, logit, predict, roc_auc, sigmoid, video_scores
 from trainer.models import LogitsOnly, load_discriminator, load_generator
 from trainer.ood import gated_rates, ood_sets
 from trainer.recipe import EPS_REPORT
-from trainer.sanity import eps_label, sanity_checks
+from trainer.sanity import detection, eps_label, sanity_checks
 
 # A model here maps float32 [N,3,S,S] in [0,1] to (logits [N], tuple of features [N, C_l]),
 # like trainer.models.Discriminator. A query function maps float32 numpy NCHW to logits [N].
@@ -84,7 +90,9 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
                    blackbox_images: int | None = None, blackbox_queries: int | None = None,
                    ood_n: int | None = None, generator: nn.Module | None = None,
                    generator_samples: int = 1000, defences: dict | None = None,
-                   shipped_defence: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   shipped_defence: str | None = None, square_images: int | None = None,
+                   square_tracks: int | None = None, square_queries: int = SQUARE_QUERIES,
+                   adaptive_frames: int | None = None, adaptive_tracks: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Everything of :func:`evaluate` on given objects. ``query`` maps float32 NCHW to logits [N].
 
     ``generator`` (the version's DCGAN generator, optional): ``generator_samples`` samples are
@@ -193,44 +201,42 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         record("pgd@unbounded", "pgd_unbounded", 1.0, xa, err, steps=2 * steps, restarts=1)
         xa, err = safe(lambda: attacks.deepfool(LogitsOnly(model, z_thr), xf, steps=50))
         record("deepfool", "deepfool", None, xa, err)
-        # adaptive attack on classifier + detector
-        logit_scale = float(np.std(logits)) or 1.0
-        score_scale = float(np.std(clean_scores)) or 1.0
+        # Adaptive attack on classifier + detector: the shipped defence (BPDA through its squeezers) when
+        # the version has one, else the pooled scorer. Run to convergence in result["defence"].
+        if shipped is not None:
+            det, s_thr, s_clean = TorchDefence(model, scorer, shipped), shipped.threshold, defence_clean
+        else:
+            det, s_thr, s_clean = WithScore(model, maha), a_thr, clean_scores
         for eps in (4 / 255, 8 / 255):
-            xa = attacks.adaptive_attack(WithScore(model, maha), xf, None, z_thr=z_thr, s_thr=a_thr, z_scale=logit_scale,
-                                         s_scale=score_scale, eps=eps, steps=2 * steps, gen=gen())  # fmt: skip
-            record(f"adaptive@{eps_label(eps)}", "adaptive", eps, xa, None, steps=2 * steps)
+            xa = attacks.adaptive_attack(det, xf, None, z_thr=z_thr, s_thr=s_thr, z_scale=float(np.std(logits)) or 1.0,
+                                         s_scale=float(np.std(s_clean)) or 1.0, eps=eps, steps=2 * steps, gen=gen())  # fmt: skip
+            record(f"adaptive@{eps_label(eps)}", "adaptive", eps, xa, None, steps=2 * steps,
+                   target="shipped defence (defence.npz)" if shipped is not None else "pooled scorer (scorer.npz)")
     else:
         zero_share = float("nan")
 
+    log.info("white-box attacks done", seconds=round(time.monotonic() - t_start, 1))
     # Decision-based black-box attack through the query function (ONNX Runtime in production).
-    bb_n = blackbox_images if blackbox_images is not None else (3 if quick else 8)
-    bb_q = blackbox_queries if blackbox_queries is not None else (400 if quick else 1500)
-    bb_eps = 8 / 255
-    reals = np.where((y == 0) & (probs <= frame_thr))[0]
-    bb_rows = []
-    bb_idx = np.sort(rng.choice(n, min(bb_n, n), replace=False)) if n else np.zeros(0, int)
-    starts_all = (
-        x[reals[:32]].numpy() if len(reals) else rng.uniform(0, 1, (8, *x.shape[1:])).astype(np.float32)
-    )
-    qfn = lambda xs: np.asarray(query(xs), np.float64) - z_thr
-    for i in bb_idx:
-        x0 = xf[i].numpy()
-        pick = starts_all[rng.choice(len(starts_all), min(8, len(starts_all)), replace=False)]
-        r = attacks.hop_skip_jump(qfn, x0, pick, budget=bb_q, eps=bb_eps, rng=rng)
-        bb_rows.append({k: v for k, v in r.items() if k != "x"} | {"index": int(detected[i])})
-    pgd8 = adv_store.get(f"pgd@{eps_label(bb_eps)}")
-    bb = {
-        "images": len(bb_rows), "query_budget": bb_q, "eps": bb_eps,
-        "success_rate": float(np.mean([r["success"] for r in bb_rows])) if bb_rows else float("nan"),
-        "found_rate": float(np.mean([r["found"] for r in bb_rows])) if bb_rows else float("nan"),
-        "median_linf": float(np.median([r["linf"] for r in bb_rows])) if bb_rows else float("nan"),
-        "median_l2": float(np.median([r["l2"] for r in bb_rows])) if bb_rows else float("nan"),
-        "median_queries": float(np.median([r["queries"] for r in bb_rows])) if bb_rows else float("nan"),
-        "white_box_pgd_same_images": float((pgd8[1][bb_idx] <= z_thr).mean()) if (pgd8 and len(bb_idx)) else float("nan"),
-        "per_image": bb_rows,
-    }  # fmt: skip
+    bb = hop_skip_jump_evaluation(query, x, y, probs, detected, xf, frame_thr, rng=rng,
+                                  images=blackbox_images if blackbox_images is not None else (3 if quick else 8),
+                                  budget=blackbox_queries if blackbox_queries is not None else (400 if quick else 1500))  # fmt: skip
+    bb_idx = bb.pop("_idx")
+    pgd8 = adv_store.get(f"pgd@{eps_label(bb['eps'])}")
+    bb["white_box_pgd_same_images"] = float((pgd8[1][bb_idx] <= z_thr).mean()) if (pgd8 and len(bb_idx)) else float("nan")
 
+    # Score-based Square attack through the query function, per frame and per track (issue 17).
+    sq_n = square_images if square_images is not None else (16 if quick else 32)
+    sq_idx = np.sort(np.random.default_rng(seed + 3).permutation(n)[:sq_n]) if n else np.zeros(0, int)
+    sq = square_evaluation(query, x, test.video, test.labels, probs, thresholds, frames=detected[sq_idx],
+                           tracks=square_tracks if square_tracks is not None else (2 if quick else 4),
+                           n_queries=square_queries, seed=seed, rng=np.random.default_rng(seed + 4),
+                           defence=(defence_score, shipped.threshold, shipped.track_threshold) if shipped else None)  # fmt: skip
+    pgd4 = adv_store.get("pgd@4/255")
+    if "frame" in sq and pgd4 is not None:
+        sq["frame"]["white_box_pgd_same_images"] = float((pgd4[1][sq_idx] <= z_thr).mean())
+
+    log.info("query attacks done", seconds=round(time.monotonic() - t_start, 1),
+             square={k: v.get("success_rate") for k, v in sq.items() if isinstance(v, dict)})
     # OOD sets against the detector.
     on = ood_n if ood_n is not None else (32 if quick else 200)
     ood: dict[str, Any] = {}
@@ -254,6 +260,7 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         "zero_gradient_share": zero_share,
         "attacks": attack_rows,
         "blackbox": bb,
+        "square": sq,
         "ood": ood,
         "quick": quick,
         "seed": seed,
@@ -273,9 +280,11 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     if defences:  # issue 8: trainer.defence.evaluate_defence
         from trainer.defence import evaluate_defence
 
-        result["defence"] = evaluate_defence(model, scorer, defences, test, thresholds, shipped=shipped_defence, query=query,
-                                             seed=seed, adaptive_frames=32 if quick else max_fakes,
-                                             adaptive_steps=10 if quick else 20, ood_n=on)  # fmt: skip
+        result["defence"] = evaluate_defence(
+            model, scorer, defences, test, thresholds, shipped=shipped_defence, query=query, seed=seed, ood_n=on,
+            adaptive_frames=adaptive_frames if adaptive_frames is not None else (32 if quick else max_fakes),
+            adaptive_tracks=adaptive_tracks if adaptive_tracks is not None else (8 if quick else None))  # fmt: skip
+        log.info("defence evaluated", seconds=round(time.monotonic() - t_start, 1))
     result["sanity"] = sanity_checks(result)
     result["timings"] = {"eval_s": time.monotonic() - t_start}
     result["_figures"] = _figure_data(
@@ -380,9 +389,13 @@ def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max
     return result
 
 
+SQUARE_SUMMARY = ("attacked", "success_rate", "median_queries", "fooled_and_undetected")
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers for the CLI."""
+    """Headline numbers for the CLI (detection numbers: the shipped defence's when the version has one)."""
     rows = result["attacks"]
+    d = result.get("defence") or {}
     return {
         "version": result.get("version"),
         "clean_frame_auc": result["clean"]["frame_auc"],
@@ -396,11 +409,15 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             k: result["blackbox"][k]
             for k in ("success_rate", "median_linf", "median_l2", "median_queries", "images")
         },
+        "square": {part: {k: v for k, v in row.items() if k in SQUARE_SUMMARY}
+                   for part, row in (result.get("square") or {}).items() if isinstance(row, dict)},
         "adaptive_fooled_and_undetected": {
-            k: v["fooled_and_undetected"] for k, v in rows.items() if v["family"] == "adaptive"
+            k: detection(v).get("fooled_and_undetected") for k, v in rows.items() if v["family"] == "adaptive"
         },
-        "anomaly_detection_rate": {k: v["detection_rate"] for k, v in rows.items()},
-        "ood_detection_rate": {k: v["detection_rate"] for k, v in result["ood"].items()},
+        "adaptive_converged": {part: {k: d[part][k] for k in ("combined_success", "steps", "converged", "attacked")}
+                               for part in ("adaptive_frame", "adaptive_track") if part in d},
+        "anomaly_detection_rate": {k: detection(v)["detection_rate"] for k, v in rows.items()},
+        "ood_detection_rate": {k: detection(v)["detection_rate"] for k, v in result["ood"].items()},
         "ood_flagged_or_gated": {k: v.get("flagged_or_gated_rate") for k, v in result["ood"].items()},
         "clean_gated_rate": result["clean"].get("clean_gated_rate"),
         "sanity_failed": [c["name"] for c in result["sanity"] if not c["passed"]],

@@ -75,10 +75,11 @@ def gate_metrics(art: Artifact, holdout: CropSet, *, seed: int = 0, max_fakes: i
     D = load_discriminator(art.path / art.manifest.get("torch_weights", "discriminator.pt"))
     onnx = OnnxDiscriminator(art.model_path, intra_op_threads=1)
     scorer = MahalanobisScorer.load(art.scorer_path)
-    # The decision rests on white-box PGD; the black-box attack (slow, and bounded by white-box
-    # PGD by the sanity checks) is left to `forensics eval`.
+    # The decision rests on white-box PGD; the query attacks (slow, and bounded by white-box PGD by
+    # the sanity checks) are left to `forensics eval`.
     result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, art.manifest["thresholds"], holdout,
-                            seed=seed, max_fakes=max_fakes, quick=True, blackbox_images=0)  # fmt: skip
+                            seed=seed, max_fakes=max_fakes, quick=True, blackbox_images=0, square_images=0,
+                            square_tracks=0)  # fmt: skip
     attack = result["attacks"].get(GATE_ATTACK, {})
     return {
         "version": art.version,

@@ -121,7 +121,9 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     models = Path(args.models) if args.models else settings.models_dir
     out = Path(args.out) if args.out else models / args.model / "report" / "eval"
-    extra = {k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries") if getattr(args, k) is not None}
+    extra = {k: getattr(args, k) for k in ("blackbox_images", "blackbox_queries", "square_images", "square_tracks",
+                                           "square_queries", "adaptive_frames", "adaptive_tracks")
+             if getattr(args, k) is not None}  # fmt: skip
     result = evaluate(
         models, args.model, [str(d) for d in args.data], out_dir=out, seed=args.seed, max_fakes=args.max_fakes,
         quick=args.quick, cache_dir=args.cache or str(settings.state_dir / "crops"), **extra,
@@ -239,6 +241,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-fakes", type=int, default=200, help="correctly detected test fakes attacked")
     s.add_argument("--blackbox-images", type=int, help="images for the black-box attack")
     s.add_argument("--blackbox-queries", type=int, help="query budget per image for the black-box attack")
+    s.add_argument("--square-images", type=int, help="detected fakes for the Square attack (default 32, quick 16)")
+    s.add_argument("--square-tracks", type=int, help="fake videos for the per-track Square attack (default 4, quick 2)")
+    s.add_argument("--square-queries", type=int, help="Square query budget per crop (default 5000)")
+    s.add_argument("--adaptive-frames", type=int, help="detected fakes for the converged adaptive attack "
+                   "(default --max-fakes, quick 32)")
+    s.add_argument("--adaptive-tracks", type=int, help="fake videos for the per-track adaptive attack (default all, quick 8)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_eval, role="eval", needs_train=True)
 
