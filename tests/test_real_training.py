@@ -268,3 +268,38 @@ def test_time_cap_keeps_the_adversarial_phase_and_stops_at_epoch_boundaries():
     assert cap.stop(100.0, 1, 2, log) and not cap.stop(1.0, 1, 2, log)
     assert cap.record(5, 3, TrainConfig(data=[], gan_epochs=10, adv_epochs=2)) == {
         "clean": 3, "adversarial": 2, "planned": [10, 2], "time_capped": True}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a tiny capped training run
+def test_cross_dataset_run_capped_in_time_tests_on_the_other_parts_and_registers(tmp_path):
+    """`forensics train --data A --test-data B --max-minutes M`: train/validation from A only, test on B (minus a
+    clip whose original is in A), the clean phase cut by the cap, one PGD epoch kept, a registered version."""
+    from trainer.synth import generate_dataset
+
+    generate_dataset(tmp_path / "a", 16, seed=31, seconds=1.0, difficulty=0.0)
+    generate_dataset(tmp_path / "b", 8, seed=32, seconds=1.0, difficulty=0.0)
+    part_a, part_b = tmp_path / "a" / "dfdc_train_part_0", tmp_path / "b" / "dfdc_train_part_0"
+    meta_a, meta_b = (json.loads((p / "metadata.json").read_text()) for p in (part_a, part_b))
+    fake_a = next(n for n, m in meta_a.items() if m["label"] == "FAKE")
+    shutil.copy(part_a / fake_a, part_b / "shares_an_original.mp4")  # B holds a fake of an original in A
+    write_part(part_b, {**meta_b, "shares_an_original.mp4": {"label": "FAKE", "original": meta_a[fake_a]["original"]}})
+    env = {**os.environ, "FORENSICS_STATE_DIR": str(tmp_path / "state"), "FORENSICS_MODELS_DIR": str(tmp_path / "models"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "forensics.cli", "train", "--data", str(tmp_path / "a"), "--test-data", str(tmp_path / "b"),
+           "--max-minutes", "0.05", "--gan-epochs", "50", "--adv-epochs", "1", "--pgd-steps", "1", "--size", "64",
+           "--frames", "6", "--batch-size", "16", "--gen-weight", "0", "--eval-subset", "16", "--threads", "1",
+           "--no-progress", "--no-eval"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = Registry(tmp_path / "models").load()
+    prov = art.manifest["provenance"]
+    assert prov["test_roots"] == [str(tmp_path / "b")] and prov["test_overlap_dropped"] == 1
+    assert prov["videos"]["test"] == {"real": sum(m["label"] == "REAL" for m in meta_b.values()),
+                                      "fake": sum(m["label"] == "FAKE" for m in meta_b.values())}  # all of B but the shared one
+    assert sum(prov["videos"]["train"].values()) + sum(prov["videos"]["val"].values()) == len(meta_a)
+    epochs = prov["epochs"]
+    assert epochs["time_capped"] and epochs["clean"] < 50 and epochs["adversarial"] == 1 and epochs["planned"] == [50, 1]
+    report = json.loads((art.path / "report" / "metrics.json").read_text())
+    assert len(report["history"]) == epochs["clean"] + 1 and report["history"][-1]["phase"] == "adv"
+    assert report["test"]["adversarially_trained"]["clean_video_auc"] is not None
