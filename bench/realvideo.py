@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forensics.config import DetectSettings
 from forensics.model import load_model
 from forensics.registry import Registry
-from trainer.data import CropCache, CropConfig, read_dataset, split_by_group
-from trainer.sources import held_out_test
+from trainer.data import CropCache, CropConfig, held_out_test, read_dataset, split_by_group
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

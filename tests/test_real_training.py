@@ -237,7 +237,7 @@ def test_detect_worker_start_up_prints_the_synthetic_only_line_once(tmp_path, re
 
 def test_held_out_test_parts_leave_out_videos_sharing_an_original_with_training(tmp_path):
     """`--test-data`: every video of the test parts, except those whose original is in a training part."""
-    from trainer.sources import held_out_test
+    from trainer.data import held_out_test, recipe_splits
 
     train_part, test_part = tmp_path / "ffpp", tmp_path / "celebdf"
     write_part(train_part, {"033.mp4": {"label": "REAL"}, "033_097_deepfakes.mp4": {"label": "FAKE", "original": "033.mp4"}})
@@ -247,6 +247,9 @@ def test_held_out_test_parts_leave_out_videos_sharing_an_original_with_training(
     test, dropped = held_out_test([test_part], read_dataset([train_part]))
     assert sorted(v.name for v in test) == ["id0_0001.mp4", "id0_id1_0001.mp4"] and dropped == 2
     assert held_out_test([], read_dataset([train_part])) == ([], 0)
+    # A recorded cross-dataset recipe (eval, privacy, retraining) finds the same test split.
+    splits = recipe_splits(read_dataset([train_part]), {"test_data": [str(test_part)], "test_share": 0.2})
+    assert [v.name for v in splits["test"]] == [v.name for v in test] and len(splits["train"] + splits["val"]) == 2
 
 
 def test_time_cap_keeps_the_adversarial_phase_and_stops_at_epoch_boundaries():

@@ -33,6 +33,7 @@ from trainer.data import (
     DatasetError,
     Video,
     group_key,
+    held_out_test,
     read_dataset,
     split_by_group,
 )
@@ -124,20 +125,6 @@ def load_run_data(cfg, cache: CropCache, *, build: bool = True, videos_only: boo
         provenance["test_roots"] = [str(p) for p in cfg.test_data]
         provenance["test_overlap_dropped"] = overlap
     return RunData(crops, failed, provenance, blend)
-
-
-def held_out_test(test_roots: Sequence[str | Path], train_videos: Sequence[Video]) -> tuple[list[Video], int]:
-    """The test videos of ``test_roots`` (all of them, e.g. another dataset) whose group (original) is not
-    among ``train_videos``' groups, so the split by original still holds; and how many were dropped for it."""
-    if not test_roots:
-        return [], 0
-    seen = {v.group for v in train_videos}
-    paths = {str(v.path.resolve()) for v in train_videos}
-    test = read_dataset(test_roots)
-    keep = [v for v in test if v.group not in seen and str(v.path.resolve()) not in paths]
-    if len(keep) < len(test):
-        get_logger().warning("test videos sharing an original with the training parts left out", count=len(test) - len(keep))
-    return keep, len(test) - len(keep)
 
 
 def skip_reasons(failed: dict[str, str]) -> dict[str, int]:
