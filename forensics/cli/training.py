@@ -174,8 +174,8 @@ def add_parsers(sub) -> None:
                    help="test on these labelled parts (e.g. another dataset; videos sharing an original with "
                         "--data are left out); --data is then split into train and validation only")
     s.add_argument("--max-minutes", type=float, default=RECIPE["max_minutes"],
-                   help="stop training at the first epoch boundary after this many minutes, then calibrate, "
-                        "export and register as usual (0: no cap)")
+                   help="wall-time cap: training stops at the last epoch boundary that fits (the clean phase ends "
+                        "early to keep the PGD epochs), then calibrates, exports and registers as usual (0: no cap)")
     s.add_argument("--fakes", choices=["labelled", "self-blended", "both"],
                    help="fake source: labelled FAKE videos, self-blended fakes of the real faces, or both "
                         "(default: labelled; self-blended with --real-only alone)")
