@@ -24,7 +24,7 @@ Cross-dataset: ``--test-data PART...`` scores on all the videos of those parts i
 original with a ``--data`` part left out), as ``forensics train --test-data`` holds them out.
 
     .venv/bin/python bench/realvideo.py --data /work/realdata --cache DIR [--crop-size 256] MODELS/V1 RUN/checkpoint.pt ...
-    .venv/bin/python bench/realvideo.py --data FFPP_PART... --test-data CELEBDF_PART... --cache DIR MODELS/V
+    .venv/bin/python bench/realvideo.py MODELS/V --cache DIR --data FFPP_PART... --test-data CELEBDF_PART...
 """
 
 from __future__ import annotations
