@@ -1,6 +1,7 @@
 """Training for real video (issue 15) on generated data: the multi-part reader with cross-part originals and
 skip reasons, 1080p / portrait / mpeg4 / yuv444p clips, --real-only training on REAL clips with self-blended
-fakes, manifest provenance, the synthetic-only warning in scan and on alerts, and a 256 px round trip."""
+fakes, manifest provenance, the synthetic-only warning in scan, at detect start-up and on alerts, a 256 px
+round trip, cross-dataset test parts (--test-data) and the wall-time cap (--max-minutes)."""
 
 from __future__ import annotations
 
@@ -228,11 +229,9 @@ def test_detect_worker_start_up_prints_the_synthetic_only_line_once(tmp_path, re
         proc.wait(timeout=30)
     assert any("detect worker running" in line for line in lines), lines
     warn = [line for line in lines if "not meaningful" in line]
-    if warned:
-        assert warn == ["forensics: warning: model v0001 was trained on synthetic faces only: its verdicts on real "
-                        "video are not meaningful (train on real footage: README, 'Training for real video')"], lines
-    else:
-        assert warn == [], lines
+    expected = ("forensics: warning: model v0001 was trained on synthetic faces only: its verdicts on real "
+                "video are not meaningful (train on real footage: README, 'Training for real video')")  # fmt: skip
+    assert warn == ([expected] if warned else []), lines
 
 
 def test_held_out_test_parts_leave_out_videos_sharing_an_original_with_training(tmp_path):
