@@ -13,14 +13,12 @@ if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0");
   need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 fi
-# A real headless browser for the console's end-to-end test (driven by Selenium; never downloaded).
+# A real headless browser (driven by Selenium; never downloaded): the console's end-to-end test, and
+# case reports, which headless Chromium prints to PDF (checked with its WebDriver and pdftotext).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 $PY -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)         # tests verify deploy/systemd/ units
-# Case reports: headless Chromium prints them to PDF; its WebDriver and pdftotext check them in the tests.
-[ -x /usr/bin/chromium ] || need_apt+=(chromium)
-[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 command -v pdftotext >/dev/null || need_apt+=(poppler-utils)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -264,6 +264,15 @@ class DetectSettings(_Section):
     )  # fmt: skip
 
 
+class QualitySettings(_Section):
+    """The input-quality gate (forensics/quality.py); defaults measured by ``python bench/quality.py``."""
+
+    enabled: bool = Field(True, description="Mark blurred, block-coded and tiny crops low_quality (blur, blocky, tiny_face).")
+    min_focus: float = Field(0.06, ge=0, description="Focus (Laplacian variance / variance, 64 px grey) below this: blur.")
+    max_blockiness: float = Field(1.52, gt=0, description="Step on the 8x8 codec grid / step mid-block above this: blocky.")
+    min_face_px: int = Field(34, ge=0, description="Face box side below this many source pixels: tiny_face.")
+
+
 class AlertSettings(_Section):
     """What published scores reveal (forensics/disclosure.py): alerts, results stream, scan, web API."""
 
@@ -417,6 +426,7 @@ class Settings(BaseSettings):
     faces: FaceSettings = Field(default_factory=FaceSettings)
     sources: list[LiveSourceSettings] = Field(default_factory=list, description="Live (RTSP) sources.")
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     web: WebSettings = Field(default_factory=WebSettings)

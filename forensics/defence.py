@@ -11,11 +11,15 @@ Per crop, a feature vector made of blocks (which blocks a version uses is stored
 - ``channel``: per-layer squared Mahalanobis distances of per-channel [mean, std] of every block's
   feature map (ONNX outputs ``feat_l`` and ``std_l``), class means and tied Ledoit-Wolf covariance;
 - ``squeeze``: for each small input transform of :mod:`forensics.squeeze`, the absolute change of
-  the logit and of the pooled Mahalanobis score (one extra model pass per transform).
+  the logit and of the pooled Mahalanobis score (one extra model pass per transform; the worker runs
+  the crops and their squeezed copies in one ONNX Runtime call). Issue 8 used four transforms;
+  since issue 17 a version ships one by default (``TrainConfig.defence``, chosen by measurement in
+  ``bench/defence.py``): about 2x the bare model's cost per face instead of about 5x.
 
 The crop's score is a logistic-regression combination ``bias + features @ weights`` fitted on
 validation data (clean and noisy crops against FGSM examples). ``threshold`` flags a crop at the
-chosen clean false-positive rate; ``track_threshold`` flags a face track (or a live window) whose
+chosen clean false-positive rate (every validation video weighted equally, out-of-fold scores;
+``calibration`` records how and the bootstrap spread of the rate on new videos); ``track_threshold`` flags a face track (or a live window) whose
 MEAN crop score is over it, calibrated the same way on clean validation tracks: per-frame
 perturbations shift every frame's score a little, and the mean over a track averages the clean
 scores' noise away while keeping that shift.
@@ -24,6 +28,7 @@ scores' noise away while keeping that shift.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -61,6 +66,8 @@ class Defence:
     weights          [F], bias: crop score = bias + features @ weights
     threshold        crop score above it: anomalous crop (clean FPR ``fpr`` on validation crops)
     track_threshold  mean crop score of a track above it: anomalous track (same FPR, validation tracks)
+    calibration      how the thresholds were set and the bootstrap spread of their rate on new videos
+                     (``trainer.calibration.calibrate_videos``; {} in files from before issue 17)
     """
 
     blocks: tuple[str, ...]
@@ -73,6 +80,7 @@ class Defence:
     threshold: float = float("nan")
     track_threshold: float = float("nan")
     fpr: float = float("nan")
+    calibration: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def extra_passes(self) -> int:
@@ -112,11 +120,12 @@ class Defence:
     def with_weights(self, weights: np.ndarray, bias: float) -> Defence:
         return dataclasses.replace(self, weights=np.asarray(weights, np.float64), bias=float(bias))
 
-    def with_thresholds(self, threshold: float, track_threshold: float, fpr: float) -> Defence:
+    def with_thresholds(self, threshold: float, track_threshold: float, fpr: float,
+                        calibration: dict | None = None) -> Defence:  # fmt: skip
         if not (np.isfinite(threshold) and np.isfinite(track_threshold)):
             raise ValueError(f"thresholds must be finite, got {threshold}, {track_threshold}")
         return dataclasses.replace(self, threshold=float(threshold), track_threshold=float(track_threshold),
-                                   fpr=float(fpr))  # fmt: skip
+                                   fpr=float(fpr), calibration=dict(calibration or {}))  # fmt: skip
 
     # -- file ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -132,6 +141,7 @@ class Defence:
             "threshold": np.array(self.threshold),
             "track_threshold": np.array(self.track_threshold),
             "fpr": np.array(self.fpr),
+            "calibration": np.array(json.dumps(self.calibration), np.str_),
         }
         if self.channel is not None:
             arrays.update({f"channel/{k}": v for k, v in self.channel.to_arrays().items()})
@@ -167,6 +177,7 @@ class Defence:
         scalars = {k: float(a[k]) for k in ("pooled_bias", "bias", "threshold", "track_threshold", "fpr")}
         if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not np.isfinite(scalars["bias"]):
             raise ModelError("weights and bias must be finite")
+        calibration = json.loads(str(a["calibration"])) if "calibration" in a else {}
         return cls(blocks=blocks, channel=channel, squeezers=squeezers,
                    pooled_weights=np.asarray(a["pooled_weights"], np.float64), weights=weights,
-                   **scalars)  # fmt: skip
+                   calibration=calibration, **scalars)  # fmt: skip

@@ -30,7 +30,7 @@ POLICIES: tuple[str, ...] = ("full", "rounded", "label")
 
 # Fields holding a probability or a rate in [0, 1] (rounded to N decimals).
 _PROB_FIELDS = frozenset({"score", "fake_prob"})
-_RATE_FIELDS = frozenset({"anomaly_rate"})
+_RATE_FIELDS = frozenset({"anomaly_rate", "low_quality_rate"})
 # Fields holding an unbounded anomaly score (rounded to N+1 significant digits).
 _ANOMALY_FIELDS = frozenset({"mahalanobis", "anomaly_mean"})
 # Under "label" these become null.

@@ -91,11 +91,12 @@ class LoadedModel:
         """images: uint8 [N, S, S, 3] RGB crops at the model's input size."""
         if images.shape[1:3] != (self.size, self.size):
             raise ValueError(f"crops are {images.shape[1]}x{images.shape[2]}, model {self.artifact.version} wants {self.size}")
-        out = self.net.run(images)
-        if self.defence is None:
-            anomaly = self.scorer.score(out.features)
+        if self.defence is None or not self.defence.squeezers:
+            out = self.net.run(images)
+            anomaly = self.scorer.score(out.features) if self.defence is None else self.defence.score(self.scorer, out, [])
         else:
-            squeezed = [self.net.run(s) for s in self.defence.squeeze(images)]
+            # The crops and their squeezed copies in one ONNX Runtime call.
+            out, *squeezed = self.net.run(np.concatenate([images, *self.defence.squeeze(images)])).split(len(images))
             anomaly = self.defence.score(self.scorer, out, squeezed)
         return CropScores(out.fake_prob, anomaly, anomaly > self.anomaly_threshold)
 

@@ -24,6 +24,12 @@ class Inference:
     def fake_prob(self) -> np.ndarray:
         return sigmoid(self.logits)
 
+    def split(self, n: int) -> list[Inference]:
+        """Consecutive parts of ``n`` crops each (the inputs of one batched call, e.g. crops + squeezed crops)."""
+        cut = range(0, len(self.logits), n)
+        return [Inference(self.logits[i : i + n], [f[i : i + n] for f in self.features], [s[i : i + n] for s in self.stds])
+                for i in cut]  # fmt: skip
+
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 [N, S, S, 3] RGB -> float32 [N, 3, S, S] in [0, 1] (the model normalizes inside)."""

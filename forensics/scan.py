@@ -1,7 +1,8 @@
 """``forensics scan``: the ingest + detect path for one file, in one process, without Redis.
 
 Same decoding (forensics.video), face crops (forensics.faces), model and scorer
-(forensics.model) and aggregation rule (forensics.verdicts) as the daemon.
+(forensics.model), quality gate (forensics.quality) and aggregation rule (forensics.verdicts) as
+the daemon.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from forensics.config import Settings
 from forensics.disclosure import disclose
 from forensics.faces import build_cropper
 from forensics.model import LoadedModel
+from forensics.quality import low_quality
 from forensics.verdicts import CropRecord, file_verdict
 from forensics.video import FrameSampler, decode_file
 
@@ -56,10 +58,12 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: 
     def flush() -> None:
         if not pending:
             return
-        scores = model.score(np.stack([c.image for _, c in pending]))
+        images = np.stack([c.image for _, c in pending])
+        scores = model.score(images)
+        lq = low_quality(images, [c.box for _, c in pending], [c.region for _, c in pending], settings.quality)
         for i, (df, crop) in enumerate(pending):
             records.append(CropRecord(df.index, df.pts, crop.track, float(scores.fake_prob[i]),
-                                      float(scores.anomaly[i]), bool(scores.anomalous[i]), crop.box))  # fmt: skip
+                                      float(scores.anomaly[i]), bool(scores.anomalous[i]), crop.box, lq[i]))  # fmt: skip
             if detail is not None:
                 detail.offer(records[-1], crop.image, df)
         pending.clear()

@@ -15,6 +15,13 @@ Anomaly per track (issue 8): an adversarial perturbation is crafted frame by fra
 frame's anomaly score a little; the mean score over a face track (a file's track, or a live
 window) keeps that shift while averaging the clean scores' noise away, so it is compared with the
 defence's ``track_threshold``, calibrated on clean validation tracks.
+
+Low-quality crops (issue 17, :mod:`forensics.quality`: blur, blocking, tiny faces) are treated like
+anomalous ones: each crop's reasons are kept with it and counted apart (``low_quality_rate`` and
+per-reason counts beside ``anomaly_rate``, per file and per track), and, like anomalous crops, they
+still count in the score, because the video threshold was calibrated on the mean over all crops;
+dropping them would change the calibrated rule. What neither flag does is make a score trustworthy:
+they tell the analyst which crops, and how many, the score should not be trusted on.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import math
 
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+from forensics.quality import REASONS as QUALITY_REASONS
 
 
 @dataclass(frozen=True)
@@ -36,15 +45,21 @@ class CropRecord:
     anomaly: float
     anomalous: bool
     box: list[int]
+    low_quality: tuple[str, ...] = ()  # the quality gate's reasons (forensics.quality.REASONS); empty: trusted
+
+    def row(self) -> list:
+        """The results stream's crop row (``disclosure.RESULT_FIELDS``): seven columns, as before issue 17."""
+        return [self.frame, self.pts, self.track, round(self.prob, 6), round(self.anomaly, 4), int(self.anomalous), self.box]
 
     def to_json(self) -> list:
-        return [self.frame, self.pts, self.track, round(self.prob, 6), round(self.anomaly, 4), int(self.anomalous), self.box]
+        """The row plus the low_quality reasons (an eighth column, which readers before issue 17 ignore)."""
+        return [*self.row(), list(self.low_quality)]
 
     @classmethod
     def from_json(cls, v: list) -> CropRecord:
         # Rows published under alerts.scores = label carry the 0/1 decision and no distance (null).
         return cls(int(v[0]), v[1], v[2], float(v[3]), math.nan if v[4] is None else float(v[4]), bool(v[5]),
-                   list(v[6]))  # fmt: skip
+                   list(v[6]), tuple(str(r) for r in v[7]) if len(v) > 7 and isinstance(v[7], list) else ())  # fmt: skip
 
 
 def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[str, Any],
@@ -66,24 +81,27 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
         "faces_scored": len(recs),
     }
     if eof.get("error"):
-        return {**base, "label": "ERROR", "score": None, "error": eof["error"], "anomaly_rate": None, "tracks": {}}
+        return {**base, "label": "ERROR", "score": None, "error": eof["error"], "anomaly_rate": None,
+                "low_quality_rate": None, "tracks": {}}  # fmt: skip
     if not recs:
-        return {**base, "label": "NO_FACES", "score": None, "anomaly_rate": None, "tracks": {},
-                "reason": "no face was found in any sampled frame"}  # fmt: skip
+        return {**base, "label": "NO_FACES", "score": None, "anomaly_rate": None, "low_quality_rate": None,
+                "tracks": {}, "reason": "no face was found in any sampled frame"}  # fmt: skip
     score = sum(r.prob for r in recs) / len(recs)
     tracks: dict[str, dict[str, Any]] = {}
     for r in recs:
-        t = tracks.setdefault(str(r.track), {"faces": 0, "sum": 0.0, "anomalous": 0, "anomaly": 0.0})
+        t = tracks.setdefault(str(r.track), {"faces": 0, "sum": 0.0, "anomalous": 0, "anomaly": 0.0, "lq": 0})
         t["faces"] += 1
         t["sum"] += r.prob
         t["anomaly"] += r.anomaly
         t["anomalous"] += int(r.anomalous)
+        t["lq"] += int(bool(r.low_quality))
     track_out = {
         k: {
             "faces": v["faces"],
             "score": v["sum"] / v["faces"],
             "anomaly_rate": v["anomalous"] / v["faces"],
             "anomaly_mean": v["anomaly"] / v["faces"],
+            "low_quality_rate": v["lq"] / v["faces"],
         }
         for k, v in tracks.items()
     }
@@ -98,9 +116,11 @@ def file_verdict(records: Iterable[CropRecord], *, threshold: float, eof: dict[s
         "score": score,
         "anomaly_rate": sum(r.anomalous for r in recs) / len(recs),
         "anomalous_tracks": sum(bool(t.get("anomalous")) for t in track_out.values()),
+        "low_quality_rate": sum(bool(r.low_quality) for r in recs) / len(recs),
+        "low_quality": {q: sum(q in r.low_quality for r in recs) for q in QUALITY_REASONS},
         "tracks": track_out,
         "evidence": {"frame": worst.frame, "pts": worst.pts, "box": worst.box, "fake_prob": worst.prob,
-                     "mahalanobis": worst.anomaly, "track": worst.track},  # fmt: skip
+                     "mahalanobis": worst.anomaly, "track": worst.track, "low_quality": list(worst.low_quality)},  # fmt: skip
     }
 
 

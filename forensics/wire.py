@@ -4,7 +4,7 @@ A stream entry has three fields:
 
 - ``v``: schema version (ASCII integer),
 - ``meta``: UTF-8 JSON header (source, sequence, per-image frame index, pts, wall time, box, track,
-  landmarks),
+  landmarks, and optionally region),
 - ``data``: raw uint8 bytes of the images, C order, shape ``[N, S, S, 3]`` (RGB).
 
 An end-of-file marker is a FrameBatch of kind ``eof`` with no images; its ``info`` carries the
@@ -42,7 +42,10 @@ class FrameBatch:
     decoded), box[i] ([x0, y0, x1, y1] in source pixels, the crop's region), track[i] (face track
     id, None for whole frames) describe image i. landmarks[i] is None or [[x, y], ...] floats in
     source pixels (five points in ``forensics.faces.LANDMARK_NAMES`` order from detectors that have
-    them); an empty ``landmarks`` list means None for every image.
+    them); an empty ``landmarks`` list means None for every image. region[i] is the square of the
+    source frame crop i was resized from ([x0, y0, x1, y1], the face box plus margin; the quality
+    gate maps the codec's 8x8 grid through it); optional: an empty list means unknown (batches
+    written before issue 17, whose decoders ignore the field).
     """
 
     source: str
@@ -56,6 +59,7 @@ class FrameBatch:
     box: list[list[int]] = field(default_factory=list)
     track: list[int | None] = field(default_factory=list)
     landmarks: list[list[list[float]] | None] = field(default_factory=list)
+    region: list[list[int]] = field(default_factory=list)
     frame_size: tuple[int, int] = (0, 0)  # source (width, height)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +84,7 @@ def encode(batch: FrameBatch) -> dict[str, bytes]:
         "box": batch.box,
         "track": batch.track,
         "landmarks": batch.landmarks or [None] * len(images),
+        **({"region": batch.region} if batch.region else {}),
         "frame_size": list(batch.frame_size),
         "info": batch.info,
     }
@@ -133,6 +138,7 @@ def decode(fields: Mapping[bytes | str, bytes]) -> FrameBatch:
             box=meta["box"],
             track=meta["track"],
             landmarks=meta["landmarks"] if version >= 2 else [None] * shape[0],
+            region=meta.get("region") or [],
             frame_size=tuple(_list(meta["frame_size"], "frame_size")),
             info=meta["info"],
         )
@@ -188,14 +194,17 @@ def _check_batch(b: FrameBatch) -> None:
         value = getattr(b, name)
         if not isinstance(value, list) or len(value) != n:
             raise WireError(f"FrameBatch {name} must be a list of {n} items")
-    if b.landmarks and (not isinstance(b.landmarks, list) or len(b.landmarks) != n):
-        raise WireError(f"FrameBatch landmarks must be a list of {n} items")
+    if not isinstance(b.landmarks, list) or (b.landmarks and len(b.landmarks) != n):
+        raise WireError(f"FrameBatch landmarks must be a list of {n} items (or empty)")
     for marks in b.landmarks:
         if marks is not None and not _is_points(marks):
             raise WireError(f"FrameBatch landmarks {str(marks)[:60]} are not [[x, y], ...] finite numbers")
-    for box in b.box:
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_int(v) and abs(v) <= _MAX_COORD for v in box)):
-            raise WireError(f"FrameBatch box {box!r} is not [x0, y0, x1, y1] integers")
+    if b.region and (not isinstance(b.region, list) or len(b.region) != n):
+        raise WireError(f"FrameBatch region must be a list of {n} items")
+    for name, boxes in (("box", b.box), ("region", b.region)):
+        for box in boxes:
+            if not (isinstance(box, list) and len(box) == 4 and all(_is_int(v) and abs(v) <= _MAX_COORD for v in box)):
+                raise WireError(f"FrameBatch {name} {box!r} is not [x0, y0, x1, y1] integers")
     if not all(_is_int(i) and 0 <= i <= _MAX_COUNT for i in b.frame_index):
         raise WireError("FrameBatch frame_index must hold non-negative integers")
     if not all(t is None or (_is_int(t) and abs(t) <= _MAX_COUNT) for t in b.track):

@@ -15,6 +15,20 @@ from forensics.redisconn import EmbeddedRedis
 from tests.media import write_test_video
 
 ROOT = Path(__file__).resolve().parents[1]
+# The Redis password the secret tests use: no captured output of any test may contain it.
+TEST_PASSWORD = "Tr0ub4dor-s3cret"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail a test (setup, call or teardown) whose captured stdout, stderr or log holds the test
+    password: the whole suite is grepped for it, not only the tests that set it."""
+    outcome = yield
+    report = outcome.get_result()
+    leaked = [name for name, text in report.sections if TEST_PASSWORD in text]
+    if leaked and not report.failed:
+        report.outcome = "failed"
+        report.longrepr = f"the test Redis password was printed: {', '.join(leaked)}"
 
 
 def free_port() -> int:

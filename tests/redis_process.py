@@ -1,5 +1,5 @@
 """A real redis-server on a fixed port with append-only persistence (appendfsync always) that tests
-SIGKILL and start again on the same port: Redis restarts under running workers. It is the one
+SIGKILL or SIGTERM and start again on the same port: Redis restarts under running workers. It is the one
 launcher, :class:`forensics.redisconn.EmbeddedRedis`, with a kill switch."""
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ class RedisProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final flush."""
         self.server.proc.send_signal(signal.SIGKILL)
+        self.server.proc.wait(10)
+        self.server.proc = None
+
+    def terminate(self) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        self.server.proc.send_signal(signal.SIGTERM)
         self.server.proc.wait(10)
         self.server.proc = None
 

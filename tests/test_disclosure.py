@@ -24,7 +24,7 @@ from workers.detect import DetectWorker
 
 VOLATILE = {"created_at", "created_ts", "scored_at", "scores"}
 PROB = {"score", "fake_prob"}
-RATE = {"anomaly_rate"}
+RATE = {"anomaly_rate", "low_quality_rate"}
 ANOMALY = {"mahalanobis", "anomaly_mean"}
 
 

@@ -6,6 +6,8 @@ Real redis-server, the real wire codec, a real (small, untrained) ONNX model ver
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,6 +21,7 @@ from forensics.config import load_settings
 from forensics.errors import WireError
 from forensics.streams import Keys, backlog, ensure_group, read_group
 from forensics.wire import FrameBatch, decode, encode
+from tests.conftest import ROOT
 from tests.tinymodel import copy_registry
 from workers.detect import DetectWorker
 
@@ -53,7 +56,8 @@ def _tamper(fields: dict, **meta_changes) -> dict:
 
 
 def _poison_entries() -> dict[str, tuple[dict, str]]:
-    """The four poison entries of issue 16, with the words their dead letters must carry."""
+    """The four poison entries of issue 16 and the one the atheris fuzzer found (a null landmarks
+    list, which raised TypeError past the decoder), with the words their dead letters must carry."""
     sq = _good("p-square")
     sq_fields = encode(sq)
     sq_fields = _tamper(sq_fields, shape=[3, SIZE, SIZE // 2, 3])
@@ -64,6 +68,7 @@ def _poison_entries() -> dict[str, tuple[dict, str]]:
         "p-nan": (_tamper(encode(_good("p-nan")), pts=[float("nan"), 0.1, 0.2]), "NaN"),
         "p-many": (_tamper(encode(eof), info={"batches": "many"}), "info.batches"),
         "p-wall": (_tamper(encode(_good("p-wall", n=1, kind="live")), wall=["abc"]), "wall"),
+        "p-marks": (_tamper(encode(_good("p-marks")), landmarks=None), "landmarks"),
     }
 
 
@@ -80,7 +85,7 @@ def _wait(cond, timeout=30.0):
     return False
 
 
-@pytest.mark.parametrize("name", ["p-square", "p-nan", "p-many", "p-wall"])
+@pytest.mark.parametrize("name", ["p-square", "p-nan", "p-many", "p-wall", "p-marks"])
 def test_each_poison_entry_is_refused_by_the_decoder_with_a_clear_error(name):
     fields, words = _poison_entries()[name]
     with pytest.raises(WireError, match=words):
@@ -102,27 +107,28 @@ def test_poison_entries_are_dead_lettered_with_their_errors_and_the_good_file_in
     ids["p-many"] = r.xadd(keys.frames, poison["p-many"][0])
     r.xadd(keys.frames, encode(FrameBatch(source="good-1", seq=2, kind="eof", info={"file": "good.mp4", "batches": 2})))
     ids["p-wall"] = r.xadd(keys.frames, poison["p-wall"][0])
+    ids["p-marks"] = r.xadd(keys.frames, poison["p-marks"][0])
     worker = DetectWorker(psettings, r, consumer="w1")
     stop = threading.Event()
     t = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     t.start()
     try:
-        assert _wait(lambda: r.xlen(keys.dead) >= 4, 30)
-        assert t.is_alive()  # the worker stayed up through all four
+        assert _wait(lambda: r.xlen(keys.dead) >= len(poison), 30)
+        assert t.is_alive()  # the worker stayed up through all of them
     finally:
         stop.set()
         t.join(20)
     (verdict,) = _verdicts(r, psettings.redis.prefix)
     assert verdict["file"] == "good.mp4" and verdict["faces_scored"] == 6 and verdict["label"] in ("REAL", "FAKE")
     dead = {f[b"origin"].decode().rsplit("/", 1)[1]: f for _i, f in r.xrange(keys.dead)}
-    assert len(dead) == 4
+    assert len(dead) == len(poison)
     for name, entry_id in ids.items():
         d = dead[entry_id.decode()]
         assert poison[name][1] in d[b"error"].decode(), (name, d[b"error"])
         assert int(d[b"deliveries"]) == 3  # max_deliveries=2, dead on the third delivery
         assert b"data" not in d and int(d[b"data_bytes"]) == len(poison[name][0]["data"])
         assert json.loads(d[b"meta"].decode().replace("NaN", "null"))["source"] == name
-    assert backlog(r, keys.frames) == 0 and worker.stats["dead"] == 4
+    assert backlog(r, keys.frames) == 0 and worker.stats["dead"] == len(poison)
     assert not r.exists(Keys(psettings.redis.prefix).errors)  # recorded errors are cleaned up
 
 
@@ -164,8 +170,12 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
+# Values a foreign writer gets wrong most often: null, empty, zero, a string, a float where an int goes.
+_odd = st.sampled_from([None, 0, "", {}, [], False, "abc", "many", -1, 2.5, 1e308, float("nan"), float("inf")])
+_value = st.one_of(_odd, _json)
 _META_KEYS = ["source", "seq", "source_kind", "kind", "shape", "dtype", "frame_index", "pts", "wall", "box", "track",
-              "frame_size", "info"]  # fmt: skip
+              "landmarks", "frame_size", "info"]  # fmt: skip
+_INFO_KEYS = ["batches", "frames_decoded", "frames_sampled", "no_face_frames", "file", "error"]
 
 
 @st.composite
@@ -176,18 +186,31 @@ def wire_fields(draw) -> dict[bytes, bytes]:
     kind = draw(st.sampled_from(["frames", "eof"]))
     base = _good("fz", n=max(n, 1)) if kind == "frames" else FrameBatch(source="fz", seq=1, kind="eof",
                                                                           info={"batches": 1})  # fmt: skip
+    if n and draw(st.booleans()):
+        base.landmarks = [[[1.0, 2.0]] * 5] * len(base)
     fields = {k.encode(): v for k, v in encode(base).items()}
     meta = json.loads(fields[b"meta"])
     for key in draw(st.lists(st.sampled_from(_META_KEYS), max_size=3)):
-        if draw(st.booleans()):
-            meta[key] = draw(_json)
-        else:
+        how = draw(st.sampled_from(["replace", "drop", "element", "info"]))
+        if how == "drop":
             meta.pop(key, None)
-    fields[b"meta"] = draw(st.one_of(st.just(json.dumps(meta).encode()), st.binary(max_size=40)))
-    fields[b"data"] = draw(st.one_of(st.just(fields[b"data"]), st.binary(max_size=64),
-                                     st.just(fields[b"data"][: len(fields[b"data"]) // 2])))  # fmt: skip
-    fields[b"v"] = draw(st.sampled_from([b"1", b"2", b"x", b""]))
-    if draw(st.integers(0, 9)) == 0:
+        elif how == "element" and isinstance(meta.get(key), list) and meta[key]:  # one item: NaN, "abc", 1.5...
+            meta[key][draw(st.integers(0, len(meta[key]) - 1))] = draw(_value)
+        elif how == "info":  # one end-of-file total retyped ("many", -1, 2.5, null)
+            meta["info"] = {**(meta.get("info") if isinstance(meta.get("info"), dict) else {}),
+                            draw(st.sampled_from(_INFO_KEYS)): draw(_value)}  # fmt: skip
+        else:
+            meta[key] = draw(_value)
+    fields[b"meta"] = json.dumps(meta).encode()
+    # Most examples keep the frame valid around the header changes, so those reach the field checks.
+    garble = draw(st.integers(0, 9))
+    if garble == 0:
+        fields[b"meta"] = draw(st.binary(max_size=40))
+    elif garble == 1:
+        fields[b"data"] = draw(st.one_of(st.binary(max_size=64), st.just(fields[b"data"][: len(fields[b"data"]) // 2])))
+    elif garble == 2:
+        fields[b"v"] = draw(st.sampled_from([b"1", b"3", b"x", b""]))  # 1: an old writer, without landmarks
+    elif garble == 3:
         fields.pop(draw(st.sampled_from([b"v", b"meta", b"data"])))
     return fields
 
@@ -227,3 +250,16 @@ def _fuzz_worker(psettings, r) -> DetectWorker:
         _WORKERS[key] = DetectWorker(psettings, r, consumer="fuzz")
         _WORKERS[key].load_initial()
     return _WORKERS[key]
+
+
+@pytest.mark.slow
+def test_coverage_guided_fuzzing_of_the_wire_decoder_and_entry_checks_finds_no_crash(tmp_path):
+    """atheris (libFuzzer) for 20 s over bench/fuzz_wire.py: decoder, dead-letter header parse,
+    records, verdict and window decision of every input; a crash leaves its input in artifacts/."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz_wire.py"), "--seconds", "20",
+                           "--artifacts", str(tmp_path / "artifacts"), "--corpus", str(tmp_path / "corpus")],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)  # fmt: skip
+    out = json.loads(proc.stdout)
+    print(json.dumps({k: out[k] for k in ("executions", "exec_per_s", "new_coverage_units", "crashes")}))
+    assert out["crashes"] == 0 and proc.returncode == 0, out.get("log_tail", proc.stderr[-3000:])
+    assert out["executions"] > out["seeds"]  # it ran past the seed corpus

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from forensics.config import load_settings
 from forensics.streams import Keys, ensure_group, prune_idle_consumers, read_group
 from tests.media import write_test_video
@@ -26,7 +28,8 @@ def _drop_and_score(n, ing, worker, watch, clip, r, keys):
             pass
 
 
-def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_models, tmp_path):
+@pytest.mark.slow
+def test_keys_after_500_dropped_files_are_bounded(r, redis_url, prefix, tiny_models, tmp_path):
     copy_registry(tiny_models, tmp_path / "models")
     s = load_settings(
         state_dir=tmp_path / "state", models_dir=tmp_path / "models", log_format="json",
@@ -43,7 +46,7 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
     t0 = time.monotonic()
     counts = {}
     done = 0
-    for n in (20, 80):  # 20 files, then 80 more: 100 in all
+    for n in (20, 80, 400):  # 20 files, then 80 more, then 400: 500 in all
         _drop_and_score(n, ing, worker, watch, clip, r, keys)
         done += n
         all_keys = [k.decode() for k in r.keys(f"{prefix}:*")]
@@ -51,10 +54,13 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
         counts[done] = {"keys": len(all_keys), "without_ttl": no_ttl}
     elapsed = time.monotonic() - t0
     verdicts = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.alerts) if b'"verdict"' in f[b"event"]]
-    assert len(verdicts) == 100
-    # What has no expiry is the same handful of capped streams after 20 and after 100 files.
-    assert counts[20]["without_ttl"] == counts[100]["without_ttl"]
-    assert {k.split(":", 1)[1] for k in counts[100]["without_ttl"]} <= FIXED | {"model"}
+    assert len(verdicts) == 500
+    # What has no expiry is the same handful of capped streams after 20, 100 and 500 files.
+    assert counts[20]["without_ttl"] == counts[100]["without_ttl"] == counts[500]["without_ttl"]
+    assert {k.split(":", 1)[1] for k in counts[500]["without_ttl"]} <= FIXED | {"model"}
+    # The rest grows by the same few keys per file (all expiring, checked below), not more.
+    per_file = (counts[100]["keys"] - counts[20]["keys"]) / 80
+    assert counts[500]["keys"] - counts[100]["keys"] == per_file * 400
     # Everything per file expires within its retention, and evidence is top-k per file.
     for k in r.keys(f"{prefix}:*"):
         name = k.decode()
@@ -66,7 +72,8 @@ def test_keys_after_many_dropped_files_are_bounded(r, redis_url, prefix, tiny_mo
     assert r.hlen(keys.evidence(src)) <= 4
     assert not r.keys(f"{prefix}:agg:*") and not r.exists(keys.errors)
     assert r.xlen(keys.frames) == 0  # acknowledged and deleted
-    print(json.dumps({"files": 100, "keys_after": {k: v["keys"] for k, v in counts.items()}, "seconds": round(elapsed, 1)}))
+    print(json.dumps({"files": 500, "keys_after": {k: v["keys"] for k, v in counts.items()}, "keys_per_file": per_file,
+                      "seconds": round(elapsed, 1)}))  # fmt: skip
 
 
 def test_idle_consumers_without_pending_entries_are_removed(r, prefix):

@@ -107,7 +107,12 @@ def intake(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("intake")
     clean = generate_dataset(root / "clean", 12, seed=77, seconds=1.4, difficulty=0.0)
-    flipped = generate_dataset(root / "flipped", 10, seed=78, seconds=1.4, difficulty=0.0)
+    # 20 flipped clips, not 10: the session model misreads about a third of clean clips, and against
+    # that rate a batch of 10 flips is at the edge of the source test's power (binomial p near alpha),
+    # so whether it was caught hung on one validation video of the 12 (measured on two models trained
+    # on byte-identical data by the wave-1 and the current trainer: 100% and 30% of 10 flips caught;
+    # with 20 flips, 100% for both).
+    flipped = generate_dataset(root / "flipped", 20, seed=78, seconds=1.4, difficulty=0.0)
     for meta in Path(flipped).rglob("metadata.json"):
         entries = json.loads(meta.read_text())
         for e in entries.values():
@@ -183,11 +188,6 @@ def test_label_records_who_when_and_keeps_the_crop_or_says_it_expired(r, rsettin
 # ---- poisoning screen ----------------------------------------------------------------------
 
 
-# Known regression (session 3, open in issues 15/17 notes): after this session's merges the session
-# model misreads ~31% of validation videos (disagree_rate_video 0.31), and the screen then catches
-# 30% of label flips, 75% of OOD, 55% of poison (was 91% in wave 1). Still run and reported (xfail,
-# not skip) until the model regression is found; strict=False so a fixed model shows as XPASS.
-@pytest.mark.xfail(strict=False, reason="session model weaker since the wave-2 merges: screen below its floors")
 def test_poisoned_batch_is_mostly_quarantined_while_clean_new_data_is_kept(r, rsettings, intake, trained):
     """Flipped labels (a folder) and out-of-distribution crops (labelled alerts) against clean new clips."""
     from forensics.model import load_model

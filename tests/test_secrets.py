@@ -13,9 +13,9 @@ import redis
 
 from forensics.redact import redact
 from forensics.redisconn import find_redis_server
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, TEST_PASSWORD, free_port
 
-PASSWORD = "Tr0ub4dor-s3cret"
+PASSWORD = TEST_PASSWORD
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_redact_hides_the_password_in_every_url_form(text, shown):
 def _run(args, env_extra, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
     p = subprocess.run([sys.executable, "-m", "forensics.cli", *args], env=env, capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)  # fmt: skip
+                       timeout=timeout, cwd=ROOT, check=False)  # fmt: skip
     return p.returncode, p.stdout + p.stderr
 
 
@@ -99,3 +99,23 @@ def test_up_banner_logs_and_auth_errors_never_show_the_password(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_any_test_that_prints_the_password_fails(tmp_path):
+    """The suite-wide check (tests/conftest.py) on a throwaway suite: printed, logged or written to
+    stderr by a child process, the password fails the test that let it out."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_runtest_makereport  # noqa: F401\n")
+    (tmp_path / "test_leak.py").write_text(
+        "import logging, subprocess, sys\n"
+        f"PW = {PASSWORD!r}\n"
+        "def test_print():\n    print('redis://:' + PW + '@h')\n"
+        "def test_log():\n    logging.getLogger('x').warning('url %s', PW)\n"
+        "def test_child(capfd):\n    subprocess.run([sys.executable, '-c', f'import sys; sys.stderr.write({PW!r})'])\n"
+        "def test_clean():\n    print('redis://:***@h')\n"
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                          str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                         check=False)  # fmt: skip
+    assert "3 failed, 1 passed" in out.stdout, out.stdout[-2000:]
+    assert "the test Redis password was printed" in out.stdout

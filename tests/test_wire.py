@@ -61,6 +61,9 @@ def test_header_is_json_and_data_is_raw_bytes():
         (lambda f: f.update(meta=f["meta"].replace(b'"source":"cam-1",', b"")), "lacks 'source'"),
         (lambda f: f.update(meta=f["meta"].replace(b'"dtype":"uint8"', b'"dtype":"float64"')), "dtype"),
         (lambda f: f.update(meta=f["meta"].replace(b'"track":[0,1,null]', b'"track":[0]')), "track"),
+        # found by bench/fuzz_wire.py: a null (or any non-list) landmarks raised TypeError, not WireError
+        (lambda f: f.update(meta=f["meta"].replace(b'"landmarks":[null,null,null]', b'"landmarks":null')), "landmarks"),
+        (lambda f: f.update(meta=f["meta"].replace(b'"landmarks":[null,null,null]', b'"landmarks":0')), "landmarks"),
     ],
 )
 def test_malformed_message_raises_a_specific_error(mutate, message):

@@ -5,7 +5,8 @@ logistic-regression ensemble on VALIDATION crops, clean and noisy (uniform +-4/2
 against FGSM positives at 4/255 and 8/255 (a different attack from the PGD the evaluation tests,
 so the detector is not fit to the test attack) and the pooled scorer's generic "not a clean crop"
 positives (uniform noise, tile-shuffled crops; never the OOD kinds it is tested on); thresholds at ``fpr`` of clean validation crops
-and of clean validation face tracks (one per video). Features are computed with the very numpy
+and of clean validation face tracks (one per video), every video weighted equally, on out-of-fold
+scores, with a video-block bootstrap of the rate on new videos (:func:`trainer.calibration.calibrate_videos`). Features are computed with the very numpy
 code the worker runs (:meth:`forensics.defence.Defence.features`), from torch outputs that match
 ONNX Runtime to the export's parity tolerance.
 """
@@ -19,26 +20,31 @@ import torch
 
 from forensics.defence import BLOCKS, Defence, channel_features
 from forensics.runtime import Inference
-from forensics.scoring import MahalanobisScorer, calibrate_threshold, fit_layer_weights, fit_mahalanobis
+from forensics.scoring import MahalanobisScorer, fit_layer_weights, fit_mahalanobis
 from forensics.squeeze import SQUEEZERS
 from trainer import attacks
+from trainer.calibration import calibrate_videos, exceedance, generic_positive_videos, out_of_fold_scores
 from trainer.data import CropSet, as_float_tensor, load_recipe_splits
 from trainer.metrics import logit, roc_auc, run_batched
 from trainer.models import Discriminator, LogitsOnly, WithChannelStats
 from trainer.ood import scorer_fit_positives
+from trainer.recipe import TrainConfig
 
-# name -> (feature blocks, whether the generic OOD positives join the FGSM ones). Compared in the
-# evaluation; SHIPPED won issue 8's study (experiments/defence_study.py): squeezing catches PGD, the
-# generic positives keep OOD detection where the pooled scorer had it.
-CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
-    "pooled": (("pooled",), True),
-    "channel": (("channel",), True),
-    "squeeze": (("squeeze",), True),
-    "channel+squeeze": (("channel", "squeeze"), True),
-    "pooled+channel+squeeze": (("pooled", "channel", "squeeze"), True),
-    "channel+squeeze, FGSM positives only": (("channel", "squeeze"), False),
+# name -> (feature blocks, whether the generic OOD positives join the FGSM ones, squeezers). Compared
+# in the evaluation and bench/defence.py. Issue 8's study (experiments/defence_study.py): squeezing
+# catches PGD, the generic positives keep OOD detection where the pooled scorer had it. Issue 17: one
+# squeezer instead of four, chosen by measurement (README "Second line of defence"), for ~2x the bare
+# model's cost per face instead of ~5x.
+CANDIDATES: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
+    "pooled": (("pooled",), True, ()),
+    "channel": (("channel",), True, ()),
+    "squeeze": (("squeeze",), True, tuple(SQUEEZERS)),
+    "channel+squeeze": (("channel", "squeeze"), True, tuple(SQUEEZERS)),
+    "pooled+channel+squeeze": (("pooled", "channel", "squeeze"), True, tuple(SQUEEZERS)),
+    "channel+squeeze, FGSM positives only": (("channel", "squeeze"), False, tuple(SQUEEZERS)),
+    **{f"channel+{name}": (("channel", "squeeze"), True, (name,)) for name in SQUEEZERS},
 }
-SHIPPED = "channel+squeeze"
+SHIPPED = TrainConfig.defence  # the default; a run ships its TrainConfig.defence
 FIT_EPS = (4 / 255, 8 / 255)  # FGSM radii of the positives
 NOISE_EPS = 4 / 255  # uniform noise of the noisy negatives
 
@@ -95,17 +101,30 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
     widths = {"pooled": len(pooled.layer_names), "channel": len(names), "squeeze": 2 * len(SQUEEZERS)}
     start = dict(zip(BLOCKS, np.cumsum([0, *[widths[b] for b in BLOCKS]])))
     out = {}
-    for name, (blocks, ood_positives) in CANDIDATES.items():
-        cols = np.concatenate([np.arange(start[b], start[b] + widths[b]) for b in blocks])
+    pos_video = {**{f"fgsm{e}": val.video for e in FIT_EPS}, "generic": generic_positive_videos(val.video)}
+    sq_cols = {n: start["squeeze"] + 2 * j + np.arange(2) for j, n in enumerate(SQUEEZERS)}
+    for name, (blocks, ood_positives, squeezers) in CANDIDATES.items():
+        cols = np.concatenate([np.arange(start[b], start[b] + widths[b]) for b in blocks if b != "squeeze"]
+                              + [sq_cols[n] for n in squeezers]).astype(int)  # fmt: skip
         pos_sets = [*(f"fgsm{e}" for e in FIT_EPS), *(["generic"] if ood_positives else [])]
-        weights, bias = fit_layer_weights(np.concatenate([feats["clean"][:, cols], feats["noisy"][:, cols]]),
-                                          np.concatenate([feats[k][:, cols] for k in pos_sets]))  # fmt: skip
+        neg = np.concatenate([feats["clean"][:, cols], feats["noisy"][:, cols]])
+        pos = np.concatenate([feats[k][:, cols] for k in pos_sets])
+        weights, bias = fit_layer_weights(neg, pos)
         d = dataclasses.replace(full, blocks=blocks, channel=channel if "channel" in blocks else None,
-                                squeezers=full.squeezers if "squeeze" in blocks else ()).with_weights(weights, bias)  # fmt: skip
-        clean = d.combine(feats["clean"][:, cols])
-        out[name] = d.with_thresholds(calibrate_threshold(clean, fpr), calibrate_threshold(track_means(clean, val.video), fpr),
-                                      fpr)  # fmt: skip
+                                squeezers=squeezers).with_weights(weights, bias)  # fmt: skip
+        # Thresholds from out-of-fold scores: weights that saw a video's crops score them too low.
+        clean = out_of_fold_scores(neg, np.r_[val.video, val.video], pos, np.concatenate([pos_video[k] for k in pos_sets]),
+                                   feats["clean"][:, cols], val.video, seed=seed)  # fmt: skip
+        crop_thr, track_thr, record = calibrate_videos(clean, val.video, fpr, seed=seed)
+        out[name] = d.with_thresholds(crop_thr, track_thr, fpr, record)
     return out
+
+
+def clean_rates(defence: Defence, pooled: MahalanobisScorer, D: Discriminator, clean: CropSet) -> dict:
+    """The rates at which ``defence`` flags clean crops (every video weighted equally) and clean tracks."""
+    scores = defence.combine(crop_features(defence, pooled, WithChannelStats(D).eval(), clean.images))
+    return {"crop": exceedance(scores, clean.video, defence.threshold), "videos": len(np.unique(clean.video)),
+            "track": float((track_means(scores, clean.video) > defence.track_threshold).mean())}  # fmt: skip
 
 
 def fit_defence(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, val: CropSet, **kwargs) -> Defence:
@@ -215,8 +234,8 @@ def retrofit(models_dir, version: str | None, data_dirs, *, crops_dir=None, seed
             (vdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(art.path / name, vdir / name)
     parity = export_discriminator(D, vdir / "model.onnx", as_float_tensor(splits["val"].images[:64]))
-    defence = fit_defence(D, pooled, splits["train"], splits["val"], fpr=float(config.get("anomaly_fpr", 0.05)),
-                          seed=seed)  # fmt: skip
+    defence = fit_defences(D, pooled, splits["train"], splits["val"], fpr=float(config.get("anomaly_fpr", 0.05)),
+                           seed=seed)[config.get("defence", SHIPPED)]  # fmt: skip
     defence.save(vdir / "defence.npz")
     fields = {k: v for k, v in art.manifest.items() if k not in ("files", "format", "version", "created_at")}
     fields["thresholds"] = {**fields.get("thresholds", {}), "defence_crop": defence.threshold,
@@ -259,9 +278,8 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
                                steps=10, generator=gen))  # fmt: skip
     sets = {"clean": test.images, "pgd": adv,
             **{f"ood_{k}": v for k, v in ood_sets(test.images, n=min(ood_n, len(test)), seed=seed + 2).items()}}  # fmt: skip
-    squeezers = next((d for d in defences.values() if d.squeezers), None)
-    infs = {k: (torch_inference(net, v), [torch_inference(net, s) for s in squeezers.squeeze(v)] if squeezers else [])
-            for k, v in sets.items()}  # fmt: skip
+    names = sorted({n for d in defences.values() for n in d.squeezers})
+    infs = {k: (torch_inference(net, v), {n: torch_inference(net, SQUEEZERS[n](v)) for n in names}) for k, v in sets.items()}
     clean_logit, adv_logit = infs["clean"][0].logits, infs["pgd"][0].logits
     fooled = (clean_logit[fake] > z_thr) & (adv_logit <= z_thr)
     videos = np.unique(test.video)
@@ -282,7 +300,7 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
 
     methods = {}
     for name, d in defences.items():
-        score = {k: d.score(pooled, base, sq) for k, (base, sq) in infs.items()}
+        score = {k: d.score(pooled, base, [sq[n] for n in d.squeezers]) for k, (base, sq) in infs.items()}
         # Numpy + OpenCV time per face (squeezers, Mahalanobis, ensemble); model passes are counted apart.
         few = test.images[:64]
         base, sq = torch_inference(net, few), [torch_inference(net, s) for s in d.squeeze(few)]
@@ -309,7 +327,7 @@ def evaluate_defence(D: Discriminator, pooled: MahalanobisScorer, defences: dict
     d = defences[shipped]
     det = TorchDefence(D, pooled, d)
     z_scale = float(np.std(clean_logit)) or 1.0
-    s_scale = float(np.std(d.score(pooled, *infs["clean"]))) or 1.0
+    s_scale = float(np.std(d.score(pooled, infs["clean"][0], [infs["clean"][1][n] for n in d.squeezers]))) or 1.0
     idx = np.where((test.labels == 1) & (clean_logit > z_thr))[0][:adaptive_frames]
 
     def measure(imgs):

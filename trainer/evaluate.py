@@ -13,7 +13,8 @@
   threshold *and* the differentiable Mahalanobis score (torch, from the scorer's means and
   Cholesky factors) below the anomaly threshold;
 - the Mahalanobis detector's detection rate and AUROC (clean test crops vs adversarial) per
-  attack and for the OOD sets;
+  attack and for the OOD sets, and per OOD set the share flagged (by the shipped defence when
+  there is one) or marked low_quality by the input-quality gate ("flagged or gated", issue 17);
 - sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
   eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
   black-box <= white-box, input gradients are not zero.
@@ -45,7 +46,7 @@ from trainer.defence import TorchMahalanobis, WithScore
 from trainer.fidelity import generator_fidelity, ssim_pairs
 from trainer.metrics import log_loss, logit, predict, roc_auc, sigmoid, video_scores
 from trainer.models import LogitsOnly, load_discriminator, load_generator
-from trainer.ood import ood_sets
+from trainer.ood import gated_rates, ood_sets
 from trainer.recipe import EPS_REPORT
 from trainer.sanity import eps_label, sanity_checks
 
@@ -239,9 +240,13 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         s = scorer.score(f)
         ood_scores[name] = s
         ood[name] = _detection(s, clean_scores, a_thr)
+        flagged = s > a_thr
         if shipped is not None:
             ood_scores[name] = defence_score(imgs)
             ood[name]["defence"] = _detection(ood_scores[name], defence_clean, shipped.threshold)
+            flagged = ood_scores[name] > shipped.threshold
+        ood[name].update(gated_rates(imgs, flagged))  # the target: OOD flagged (by what ships) or gated
+    clean["clean_gated_rate"] = gated_rates(test.images, np.zeros(len(test), bool))["gated_rate"]
 
     result: dict[str, Any] = {
         "clean": clean,
@@ -396,6 +401,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         },
         "anomaly_detection_rate": {k: v["detection_rate"] for k, v in rows.items()},
         "ood_detection_rate": {k: v["detection_rate"] for k, v in result["ood"].items()},
+        "ood_flagged_or_gated": {k: v.get("flagged_or_gated_rate") for k, v in result["ood"].items()},
+        "clean_gated_rate": result["clean"].get("clean_gated_rate"),
         "sanity_failed": [c["name"] for c in result["sanity"] if not c["passed"]],
         "generator_ssim": {k: v for k, v in result["ssim_generator"].items() if k in ("clean", "adversarial")}
         if isinstance(result.get("ssim_generator"), dict) else result.get("ssim_generator"),

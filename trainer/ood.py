@@ -1,6 +1,8 @@
 """Out-of-distribution crops for testing the anomaly scorer: things that are not clean face crops.
 
-All functions return uint8 [N, S, S, 3] RGB, deterministic for a seed.
+All functions return uint8 [N, S, S, 3] RGB, deterministic for a seed. :func:`gated_rates` says how
+many of a set the input-quality gate (forensics.quality) marks low_quality, alone and together
+with the anomaly detector's flags: what the eval's OOD table reports ("flagged or gated").
 
 Categories (see :func:`ood_sets`): ``non_face`` (patches of natural images that packages ship:
 cats, coffee, rockets, coins, bricks, grass), ``noise`` (clean crops under heavy Gaussian
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from forensics.config import QualitySettings
+from forensics.quality import low_quality
 
 _NATURAL = ("chelsea", "coffee", "rocket", "coins", "brick", "grass", "gravel", "camera", "page", "hubble_deep_field")
 
@@ -83,6 +88,16 @@ def ood_sets(clean: np.ndarray, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "blur": heavy_blur(pick),
         "cartoon": cartoon_faces(n, size, seed),
     }
+
+
+def gated_rates(images: np.ndarray, flagged: np.ndarray, quality: QualitySettings | None = None) -> dict[str, float]:
+    """Shares of uint8 [N, S, S, 3] crops the quality gate marks low_quality (``gated_rate``) and that
+    are anomalous (``flagged`` bool [N]) or low_quality (``flagged_or_gated_rate``); crops taken
+    1:1 (no region) and without a face box (no tiny_face), at the gate's defaults unless ``quality``."""
+    gated = np.array([bool(r) for r in low_quality(images, None, None, quality or QualitySettings())], bool)
+    if not len(gated):
+        return {"gated_rate": float("nan"), "flagged_or_gated_rate": float("nan")}
+    return {"gated_rate": float(gated.mean()), "flagged_or_gated_rate": float((gated | np.asarray(flagged, bool)).mean())}
 
 
 def scorer_fit_positives(clean: np.ndarray, seed: int = 0) -> np.ndarray:

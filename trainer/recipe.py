@@ -25,9 +25,17 @@ class TrainConfig:
     lr: float = 2e-4
     adv_lr: float = 1e-4
     gen_weight: float = 0.1  # weight of generator samples among D's fakes
-    adv_mode: str = "pgd"  # pgd | fgsm (FGSM with random start: cheaper on CPU)
+    adv_mode: str = "pgd"  # legacy: "fgsm" means adv_objective "fgsm-rs"
+    adv_objective: str = "pgd"  # pgd | trades | mart | fgsm-rs (trainer/adversarial.py)
+    adv_mix: float = 0.5  # share of each batch replaced by adversarial examples (pgd, fgsm-rs)
+    adv_beta: float = 6.0  # weight of the KL term (trades, mart)
+    grad_align: float = 0.0  # GradAlign weight (fgsm-rs; 0: off)
+    adv_time_s: float = 0.0  # adversarial phase's training time budget in seconds (0: adv_epochs decides)
+    adv_clock: str = "wall"  # wall | cpu (this process's CPU seconds: equal compute on a shared machine)
     eps: float = 6 / 255  # final radius of the adversarial curriculum
-    eps_steps: int = 3  # the radius rises in this many steps over the adversarial epochs
+    eps_schedule: str = "steps"  # steps | ramp | constant
+    eps_steps: int = 3  # steps: the radius rises in this many steps over the adversarial phase
+    eps_ramp: float = 0.5  # ramp: share of the phase over which the radius rises linearly to eps
     pgd_train_steps: int = 5
     eval_eps: float = 4 / 255
     eval_pgd_steps: int = 10
@@ -35,6 +43,9 @@ class TrainConfig:
     val_share: float = 0.15
     test_share: float = 0.2
     anomaly_fpr: float = 0.05
+    # The second line that ships in defence.npz: a name of trainer.defence.CANDIDATES. One squeezer
+    # (issue 17: ~2x the bare model per face; "channel+squeeze" is issue 8's four, ~5x).
+    defence: str = "channel+median3"
     seed: int = 0
     device: str = "cpu"
     workers: int = 2  # crop extraction processes
@@ -56,6 +67,6 @@ class TrainConfig:
     crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
     crop_detector: str = "blazeface"  # face detector of the crop cache: serve with the same faces.detector
     test_data: list[str] = field(default_factory=list)  # test on these parts (e.g. another dataset); data splits train/val only
-    max_minutes: float = 0  # stop training at the first epoch boundary past this wall time, then finish (0: no cap)
+    max_minutes: float = 0  # wall-time cap of a run, checked at epoch boundaries (trainer/timecap.py; 0: no cap)
 
 

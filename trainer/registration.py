@@ -19,7 +19,6 @@ import torch
 from forensics.registry import Registry
 from forensics.runtime import OnnxDiscriminator
 from forensics.scoring import MahalanobisScorer
-from trainer.defence import SHIPPED
 from trainer.evaluate import run_evaluation
 from trainer.export import export_discriminator
 from trainer.metrics import jsonable
@@ -38,7 +37,7 @@ def register(trainer: Trainer, D: Discriminator, scorer: MahalanobisScorer, metr
     sample = trainer.val_x[: min(64, len(trainer.val_x))]
     parity = export_discriminator(D, vdir / "model.onnx", sample)
     scorer.save(vdir / "scorer.npz")
-    trainer.defences[SHIPPED].save(vdir / "defence.npz")
+    trainer.defences[cfg.defence].save(vdir / "defence.npz")
     # torch weights for white-box evaluation and saliency (trainer only; workers use the ONNX model).
     torch.save({"state_dict": D.state_dict(), **detector_config(D)}, vdir / "discriminator.pt")
     # The generator, for the report's sample-fidelity (SSIM) figures.
@@ -88,6 +87,7 @@ def register(trainer: Trainer, D: Discriminator, scorer: MahalanobisScorer, metr
                 "ood_detection": metrics["ood_detection"]["all"],
             }),
             "thresholds": thresholds,
+            "calibration": jsonable(metrics.get("calibration")),
             "parent": cfg.parent if cfg.parent is not None else reg.current(),
             "onnx": {"external_data": False, "opset": parity.get("opset")},
             "torch_weights": "discriminator.pt",
@@ -110,7 +110,7 @@ def write_eval_report(trainer: Trainer, version: str, vdir: Path, D: Discriminat
     onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
     result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, trainer.crops["test"],
                             seed=trainer.cfg.seed, quick=True, generator=trainer.G.eval(),
-                            defences=trainer.defences, shipped_defence=SHIPPED)  # fmt: skip
+                            defences=trainer.defences, shipped_defence=trainer.cfg.defence)  # fmt: skip
     result["version"] = version
     write_report(result, trainer.history, vdir / "report" / "eval")
     trainer.timings["eval_s"] = time.monotonic() - t0

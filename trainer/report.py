@@ -396,6 +396,7 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
                      f"<td>{radius(r['median_linf'])}</td><td>{_fmt(d['detection_rate'])}</td>"
                      f"<td>{sig(d['auroc'])}</td><td>{_fmt(d.get('fooled_and_undetected'))}</td></tr>")  # fmt: skip
     parts.append("</table>")
+    parts += _ood_table(result.get("ood") or {}, result["clean"].get("clean_gated_rate"))
     ps = result.get("perturbation_ssim") or {}
     if ps:
         parts.append("<p>How visible the attacks are (SSIM of adversarial crops to their originals, 1 = identical): "
@@ -412,6 +413,19 @@ def write_report(result: dict[str, Any], history: list[dict], out_dir) -> Path:
     path = out / "report.html"
     path.write_text("\n".join(parts))
     return path
+
+
+def _ood_table(ood: dict[str, Any], clean_gated: float | None) -> list[str]:
+    """Out-of-distribution sets: flagged by the detector, marked low_quality by the gate, either (target >= 90%)."""
+    if not ood:
+        return []
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(_det(v)['detection_rate'])}</td><td>{_fmt(v.get('gated_rate'))}</td>"
+                   f"<td>{_fmt(v.get('flagged_or_gated_rate'))}</td></tr>" for k, v in ood.items())  # fmt: skip
+    return ["<h2>Out-of-distribution crops</h2><p>Flagged: anomalous by the detector of the attack table; gated: marked "
+            f"low_quality by the input-quality gate at its defaults (it marks {_fmt(clean_gated)} of clean test crops). "
+            "Target: flagged or gated &ge; 90%.</p><table><tr><th>set</th><th>flagged</th><th>gated</th>"
+            f"<th>flagged or gated</th></tr>{rows}</table>"]  # fmt: skip
 
 
 def _defence_section(d: dict[str, Any] | None) -> list[str]:

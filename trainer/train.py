@@ -5,8 +5,9 @@ Pipeline of ``forensics train --data DIR``:
 1. read DFDC-format labels, split train/val/test by original clip, cache face crops;
 2. GAN phase: the discriminator D learns REAL crops (0) against FAKE crops (1) and samples of a
    DCGAN generator G (1, weighted), G learns to fool D (Adam 2e-4, betas 0.5/0.999);
-3. adversarial phase: every batch is half clean, half PGD (or FGSM-RS) examples made against the
-   current D, with the L-inf radius raised stepwise over epochs (a curriculum);
+3. adversarial phase: the objective of ``adv_objective`` (PGD-AT, TRADES, MART or FGSM-RS, see
+   trainer/adversarial.py) on examples made against the current D, with the L-inf radius raised
+   over the phase (``eps_schedule``) and, optionally, a wall-clock budget (``adv_time_s``);
 4. after every epoch, on the validation split: clean AUC and log loss, PGD success rate, and the
    Mahalanobis detector's detection rate on those adversarial examples at 5% false positives;
 5. fit the Mahalanobis scorer on clean train features, its layer weights and threshold on
@@ -19,7 +20,6 @@ Runs single-process or under ``torchrun`` (DistributedDataParallel; gloo on CPU,
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from forensics.errors import ConfigError
 from forensics.logs import get_logger
 from forensics.scoring import calibrate_threshold
 from trainer import attacks
+from trainer.adversarial import AdversarialPhase, eps_at
 from trainer.calibration import calibrated_scorer, decision_thresholds, fit_scorer
 from trainer.data import (
     CropCache,
@@ -44,8 +46,8 @@ from trainer.data import (
     torch_dataset,
     training_transform,
 )
-from trainer.defence import SHIPPED as SHIPPED_DEFENCE
-from trainer.defence import fit_defences
+from trainer.defence import CANDIDATES as DEFENCE_CANDIDATES
+from trainer.defence import clean_rates, fit_defences
 from trainer.heldout import heldout_metrics
 from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
@@ -104,19 +106,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def attack_batch(model: Discriminator, x: torch.Tensor, y: torch.Tensor, eps: float, mode: str, steps: int,
-                 gen: torch.Generator) -> torch.Tensor:  # fmt: skip
-    """Adversarial examples for training: FGSM with random start, or PGD with ``steps`` steps."""
-    if mode == "fgsm":
-        return attacks.fgsm(LogitsOnly(model), x, y, eps, random_start=True, generator=gen)
-    return attacks.pgd(LogitsOnly(model), x, y, eps, steps=steps, random_start=True, generator=gen)
-
-
 # ---- the trainer ------------------------------------------------------------------------
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
+        if cfg.defence not in DEFENCE_CANDIDATES:
+            raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {'; '.join(DEFENCE_CANDIDATES)}")
         self.cfg = cfg
         self.dist = dist or Dist()
         self.log = get_logger(rank=self.dist.rank) if self.dist.on else get_logger()
@@ -253,13 +249,6 @@ class Trainer:
         self.log.info("resumed", epoch=self.epoch)
 
     # -- training loops --------------------------------------------------------------------
-    def eps_for(self, adv_epoch: int) -> float:
-        """Curriculum: the radius climbs to cfg.eps in cfg.eps_steps equal steps."""
-        steps = max(1, min(self.cfg.eps_steps, self.cfg.adv_epochs))
-        per = max(1, math.ceil(self.cfg.adv_epochs / steps))
-        level = min(steps, adv_epoch // per + 1)
-        return self.cfg.eps * level / steps
-
     def train_epoch(self, loader, phase: str, eps: float) -> dict[str, float]:
         cfg = self.cfg
         D, G = self.D_train, self.G_train
@@ -274,6 +263,9 @@ class Trainer:
         sums = {"d_loss": 0.0, "g_loss": 0.0, "n": 0}
         bar = _bar(len(loader), f"epoch {self.epoch + 1} {phase}", cfg.progress and self.dist.main, unit="batch")
         for x, y in loader:
+            if phase == "adv" and self.adv.done:
+                break  # the adversarial phase's time budget is spent
+            tb = self.adv.clock()
             x, y = x.to(self.device), y.to(self.device)
             n = x.shape[0]
             weights = torch.ones(n, device=self.device)
@@ -287,17 +279,16 @@ class Trainer:
                 xs = torch.cat([x, fake_gen])
                 ys = torch.cat([y, torch.ones(len(fake_gen), device=self.device)])
                 weights = torch.cat([weights, torch.full((len(fake_gen),), cfg.gen_weight, device=self.device)])
+            if phase == "adv":  # the objective's loss on adversarial examples made against the current D
+                d_loss = self.adv.loss(D, self.D, x, y, self.gen)
             else:
-                # Half the batch clean, half adversarial, made against the current D.
-                half = n // 2
-                x_adv = attack_batch(self.D, x[half:], y[half:], eps, cfg.adv_mode, cfg.pgd_train_steps, self.gen)
-                xs = torch.cat([x[:half], x_adv])
-                ys = y
-            logits, _ = D(xs)
-            d_loss = (bce(logits, ys) * weights).sum() / weights.sum()
+                logits, _ = D(xs)
+                d_loss = (bce(logits, ys) * weights).sum() / weights.sum()
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
+            if phase == "adv":
+                self.adv.count(self.adv.clock() - tb)
             sums["d_loss"] += d_loss.item() * n
             if phase == "gan" and use_gen:
                 z = torch.randn(n // 2, self.G.latent_dim, device=self.device)
@@ -350,7 +341,10 @@ class Trainer:
         self.maybe_resume()
         loader = self._loader()
         cfg = self.cfg
+        if cfg.max_minutes and self.dist.on:
+            raise ConfigError("max_minutes is single-process only (ranks would stop after different epochs)")
         cap, last_s = TimeCap(cfg.max_minutes, adversarial_cost(cfg.pgd_train_steps, cfg.adv_mode), t_start), None
+        self.adv = AdversarialPhase(cfg, len(loader), self.history, self.dist.on)
         t0 = time.monotonic()
         while self.epoch < self.gan_epochs + cfg.adv_epochs:
             phase = "gan" if self.epoch < self.gan_epochs else "adv"
@@ -362,11 +356,17 @@ class Trainer:
                 self.standard_state = {k: v.clone() for k, v in self.D.state_dict().items()}
                 for group in self.opt_d.param_groups:
                     group["lr"] = cfg.adv_lr
-            eps = self.eps_for(self.epoch - self.gan_epochs) if phase == "adv" else 0.0
+            if phase == "adv" and self.adv.done:
+                break
+            eps = eps_at(cfg, self.adv.progress) if phase == "adv" else 0.0
+            spent = self.adv.elapsed
             te = time.monotonic()
             losses = self.train_epoch(loader, phase, eps)
             train_s = time.monotonic() - te
-            row = {"epoch": self.epoch + 1, "phase": phase, "train_eps": eps, **losses, "train_s": train_s}
+            row = {"epoch": self.epoch + 1, "phase": phase, "train_eps": self.adv.last_eps if phase == "adv" else eps,
+                   **losses, "train_s": train_s}  # fmt: skip
+            if phase == "adv":
+                row.update(adv_objective=self.adv.objective, budget_s=self.adv.elapsed - spent)
             if self.dist.main:
                 row.update(self.validate(self.D, eps))
                 self.log.info("epoch done", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
@@ -399,14 +399,14 @@ class Trainer:
         # Decision thresholds and the Mahalanobis scorer, on train and validation data only.
         val = self.crops["val"]
         frame_thr, video_thr = decision_thresholds(D, val, self.val_x)
-        val_adv = attack_batch(D, self.val_x[self.val_sub], torch.from_numpy(self.val_y[self.val_sub.numpy()]).float(),
-                               8 / 255, "fgsm", 1, self.gen)  # fmt: skip
-        scorer = calibrated_scorer(D, self.crops["train"], val, self.val_x, val_adv, seed=cfg.seed,
-                                   fpr=cfg.anomaly_fpr)  # fmt: skip
+        val_adv = attacks.fgsm(LogitsOnly(D), self.val_x[self.val_sub], torch.from_numpy(self.val_y[self.val_sub.numpy()]).float(),
+                               8 / 255, random_start=True, generator=self.gen)  # fmt: skip
+        scorer, scorer_calibration = calibrated_scorer(D, self.crops["train"], val, self.val_x, val_adv, seed=cfg.seed,
+                                                       fpr=cfg.anomaly_fpr, adv_video=val.video[self.val_sub.numpy()])  # fmt: skip
         anomaly_thr = scorer.threshold
         # The worker's second line of defence (issue 8, defence.npz): train and validation crops only.
         self.defences = fit_defences(D, scorer, self.crops["train"], val, fpr=cfg.anomaly_fpr, seed=cfg.seed)
-        shipped = self.defences[SHIPPED_DEFENCE]
+        shipped = self.defences[cfg.defence]
 
         # Held-out test split: both models, same data.
         test = self.crops["test"]
@@ -432,6 +432,9 @@ class Trainer:
         metrics["ood_detection"] = {**ood_rates, "all": float(np.mean(list(ood_rates.values()))),
                                     "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
 
+        # Issue 17: how the thresholds were set, their bootstrap spread, the shipped defence's clean test rates.
+        metrics["calibration"] = {"scorer": scorer_calibration, "defence": shipped.calibration,
+                                  "defence_clean_test_fpr": clean_rates(shipped, scorer, D, test)}  # fmt: skip
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
                       "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
                       "defence_track": shipped.track_threshold}  # fmt: skip

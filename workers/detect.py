@@ -31,13 +31,14 @@ import numpy as np
 import redis
 
 from forensics.alerts import AlertWriter, encode_crop_png, evidence_field, make_alert
-from forensics.config import Settings
+from forensics.config import QualitySettings, Settings
 from forensics.disclosure import RESULT_FIELDS, disclose
 from forensics.errors import ForensicsError, ModelError
 from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
 from forensics.modelwatch import ModelWatch
 from forensics.outage import REDIS_DOWN, Outage
+from forensics.quality import low_quality
 from forensics.redact import redact
 from forensics.registry import Registry
 from forensics.streams import (
@@ -216,6 +217,8 @@ class DetectWorker:
                 works.append(_Work(e, decode(e.fields)))
             except ForensicsError as err:
                 works.append(_Work(e, None, str(err)))
+            except Exception as err:  # noqa: BLE001 - a decoder bug costs this entry, not the worker
+                works.append(_Work(e, None, f"cannot decode: {type(err).__name__}: {err}"))
         scored = self._score_all([w for w in works if w.batch is not None and len(w.batch)])
         done: list[bytes] = []
         for w in works:
@@ -294,18 +297,11 @@ class DetectWorker:
         return out
 
     # -- aggregation and alerts --------------------------------------------------------------
-    def _records(self, b: FrameBatch, s: CropScores) -> list[CropRecord]:
-        return [
-            CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
-                       bool(s.anomalous[i]), b.box[i])  # fmt: skip
-            for i in range(len(b))
-        ]
-
     def _handle(self, b: FrameBatch, scores: CropScores | None) -> None:
         assert self.model is not None
         if b.kind == "frames" and scores is None:
             raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
-        records = self._records(b, scores) if scores is not None else []
+        records = crop_records(b, scores, self.settings.quality) if scores is not None else []
         if b.kind == "frames":
             if b.source_kind == "file":
                 self._keep_evidence(b, records, _picks(records))
@@ -323,8 +319,9 @@ class DetectWorker:
         event = {
             "source": b.source, "seq": b.seq, "source_kind": b.source_kind,
             "model": self.model.info,
-            "crops": [r.to_json() for r in records],
+            "crops": [r.row() for r in records],
             "fields": list(RESULT_FIELDS),
+            "low_quality": [list(r.low_quality) for r in records],  # beside the rows: their layout is unchanged
             "wall": b.wall[0] if b.wall else None, "scored_at": time.time(),
         }  # fmt: skip
         pol = self.settings.alerts
@@ -427,20 +424,23 @@ class DetectWorker:
         state_key = self.keys.live_state(b.source)
         now = max(b.wall) if b.wall else time.time()
         pipe = self.r.pipeline(transaction=True)
-        # Members are unique per (seq, crop): a redelivered batch rewrites the same members.
-        pipe.zadd(win_key, {f"{b.seq}:{i}:{r.prob:.6f}:{int(r.anomalous)}:{r.anomaly:.5g}": b.wall[i]
-                            for i, r in enumerate(records)})  # fmt: skip
+        # Members are unique per (seq, crop): a redelivered batch rewrites the same members. A low-quality
+        # crop's index carries a "q" (the one field workers before issue 17 do not parse).
+        pipe.zadd(win_key, {f"{b.seq}:{i}{'q' if r.low_quality else ''}:{r.prob:.6f}:{int(r.anomalous)}:{r.anomaly:.5g}":
+                            b.wall[i] for i, r in enumerate(records)})  # fmt: skip
         pipe.zremrangebyscore(win_key, "-inf", now - self.cfg.window_s)
         pipe.zrange(win_key, 0, -1)
         pipe.expire(win_key, int(self.cfg.window_s * 10) + 60)
         pipe.hgetall(state_key)
         _, _, members, _, state_raw = pipe.execute()
-        probs, flags, scores = [], [], []
+        probs, flags, scores, lq = [], [], [], 0
         for m in members:
-            _seq, _i, p, a, *score = m.decode().split(":")  # members written before issue 8 lack the score
+            _seq, i, p, a, *score = m.decode().split(":")  # members written before issue 8 lack the score
             probs.append(float(p))
             flags.append(a == "1")
             scores.extend(float(v) for v in score)
+            lq += i.endswith("q")
+        lq_rate = lq / len(members) if members else 0.0
         state = {k.decode(): v.decode() for k, v in state_raw.items()}
         d = window_decision(probs, flags, state, threshold=self.model.video_threshold, margin=self.cfg.hysteresis,
                             min_faces=self.cfg.min_window_faces, anomaly_rate=self.cfg.anomaly_rate,
@@ -451,7 +451,8 @@ class DetectWorker:
             self._keep_evidence(b, records, {best})
             alert = make_alert("deepfake", b.source, f"{b.source}:deepfake:{b.seq}", model=self.model.info,
                                window_s=self.cfg.window_s, score=d.mean_prob, threshold=self.model.video_threshold,
-                               faces=d.faces, anomaly_rate=d.anomaly_rate, evidence=_evidence(worst, self.model))  # fmt: skip
+                               faces=d.faces, anomaly_rate=d.anomaly_rate, low_quality_rate=lq_rate,
+                               evidence=_evidence(worst, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("deepfake")
         if d.anomaly == "on":
@@ -459,7 +460,7 @@ class DetectWorker:
             self._keep_evidence(b, records, {most})
             w = records[most]
             alert = make_alert("anomaly", b.source, f"{b.source}:anomaly:{b.seq}", model=self.model.info,
-                               window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate,
+                               window_s=self.cfg.window_s, anomaly_rate=d.anomaly_rate, low_quality_rate=lq_rate,
                                rate_threshold=self.cfg.anomaly_rate, faces=d.faces, evidence=_evidence(w, self.model))  # fmt: skip
             if self.alerts.emit(alert):
                 self._count_alert("anomaly")
@@ -474,6 +475,17 @@ class DetectWorker:
 
     def backlog(self) -> int:
         return total_backlog(self.r, self.keys)
+
+
+def crop_records(b: FrameBatch, s: CropScores, quality: QualitySettings | None = None) -> list[CropRecord]:
+    """One record per crop of a decoded batch and its scores; with ``quality``, each carries the
+    input-quality gate's reasons (forensics/quality.py)."""
+    lq = low_quality(b.images, b.box, b.region or None, quality) if quality is not None else [()] * len(b)
+    return [
+        CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
+                   bool(s.anomalous[i]), b.box[i], lq[i])
+        for i in range(len(b))
+    ]
 
 
 def _picks(records: list[CropRecord]) -> set[int]:
@@ -501,5 +513,5 @@ def _evidence(r: CropRecord, model: LoadedModel) -> dict[str, Any]:
     return {
         "frame": r.frame, "pts": r.pts, "box": r.box, "track": r.track, "fake_prob": r.prob,
         "mahalanobis": r.anomaly, "mahalanobis_threshold": model.anomaly_threshold,
-        "anomalous": r.anomalous,
+        "anomalous": r.anomalous, "low_quality": list(r.low_quality),
     }  # fmt: skip

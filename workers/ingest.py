@@ -232,6 +232,7 @@ class FileIngest:
             box=[list(map(int, it[1].box)) for it in items],
             track=[it[1].track for it in items],
             landmarks=[it[1].wire_landmarks() for it in items],
+            region=[list(map(int, it[1].region)) for it in items],
             frame_size=frame_size,
         )
 

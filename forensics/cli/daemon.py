@@ -132,8 +132,13 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
             flag = "  [synthetic-only model]" if model.warning else ""
             print(f"{path}: {verdict['label']}  score={score} (threshold {verdict['threshold']:.3f})  "
                   f"faces={verdict['faces_scored']} frames={verdict['frames_scored']}  "
-                  f"anomaly_rate={verdict['anomaly_rate'] if verdict['anomaly_rate'] is None else round(verdict['anomaly_rate'], 3)}{flag}")  # fmt: skip
+                  f"anomaly_rate={_rate(verdict['anomaly_rate'])} low_quality_rate={_rate(verdict.get('low_quality_rate'))}"
+                  f"{flag}")  # fmt: skip
     return status
+
+
+def _rate(v: float | None) -> float | None:
+    return v if v is None else round(v, 3)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:

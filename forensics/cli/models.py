@@ -19,7 +19,8 @@ def format_alert(event: dict) -> str:
         score = "-" if score is None else f"{score:.3f}"
         flag = "  [synthetic-only model: not meaningful on real video]" if (event.get("model") or {}).get("synthetic_only") else ""
         return (f"[verdict] {event.get('file') or src}: {event.get('label')}  score={score} "
-                f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')}{flag}")  # fmt: skip
+                f"faces={event.get('faces_scored')} anomaly_rate={event.get('anomaly_rate')} "
+                f"low_quality_rate={event.get('low_quality_rate')}{flag}")  # fmt: skip
     if kind == "deepfake":
         score = event.get("score")  # null when published under alerts.scores = label
         score = "over" if score is None else f"{score:.3f} >"

@@ -24,7 +24,8 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_privacy(args: argparse.Namespace, settings: Settings) -> int:
-    from trainer.privacy import run_privacy, summary
+    from trainer.privacy import run_privacy
+    from trainer.privacy_report import summary
 
     models = Path(args.models) if args.models else settings.models_dir
     out = []

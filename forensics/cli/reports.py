@@ -19,7 +19,7 @@ def _explainer(settings: Settings):
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """A case report (HTML, optionally PDF) for a video file or an alert id."""
-    from forensics import casereport
+    from forensics import casepage, casereport
     from forensics.registry import Registry
 
     reg = Registry(Path(args.models) if args.models else settings.models_dir)
@@ -49,10 +49,10 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             case = casereport.case_from_alert(r, Keys(settings.redis.prefix), args.target, reg, settings,
                                               locate_file=locate, explainer=explainer)  # fmt: skip
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (target.stem if case.alert is None else args.target))
-    out = casereport.write_html(case, Path(args.out) if args.out else Path(f"case-{safe}.html"))
+    out = casepage.write_html(case, Path(args.out) if args.out else Path(f"case-{safe}.html"))
     print(out)
     if args.pdf:
-        print(casereport.write_pdf(out, out.with_suffix(".pdf")))
+        print(casepage.write_pdf(out, out.with_suffix(".pdf")))
     return 0
 
 

@@ -46,13 +46,12 @@ def _pixel_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a radius like 4/255 or 0.0157") from None
 
 
-def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from trainer.train import train
-
+def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
+    """The run's recipe from ``forensics train``'s options."""
     if not args.data and not args.real_only:
         raise ConfigError("train needs --data DIR (labelled DFDC-format video) or --real-only DIR (real footage)")
     resnet = args.arch == "resnet"
-    cfg = TrainConfig(
+    return TrainConfig(
         data=[str(d) for d in args.data or []],
         real_only=[str(d) for d in args.real_only or []],
         test_data=[str(d) for d in args.test_data or []],
@@ -74,7 +73,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         adv_epochs=args.adv_epochs,
         batch_size=args.batch_size,
         adv_mode=args.adv_mode,
+        adv_objective=args.adv_objective,
+        adv_mix=args.adv_mix,
+        adv_beta=args.adv_beta,
+        grad_align=args.grad_align,
+        adv_time_s=args.adv_time,
+        adv_clock=args.adv_clock,
+        eps_schedule=args.eps_schedule,
+        eps_ramp=args.eps_ramp,
         eps=args.eps,
+        defence=args.defence,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -86,7 +94,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         cache_dir=str(settings.state_dir / "crops"),
         models_dir=str(settings.models_dir),
     )
-    out = train(cfg)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.train import train
+
+    out = train(train_config(args, settings))
     if out:
         adv = out["metrics"]["adversarially_trained"]
         summary = {
@@ -197,8 +210,24 @@ def add_parsers(sub) -> None:
     s.add_argument("--gan-epochs", type=int, default=RECIPE["gan_epochs"])
     s.add_argument("--adv-epochs", type=int, default=RECIPE["adv_epochs"])
     s.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="fgsm: FGSM with random start (cheap)")
+    s.add_argument("--adv-objective", choices=["pgd", "trades", "mart", "fgsm-rs"], default=RECIPE["adv_objective"],
+                   help="adversarial-phase objective: PGD-AT, TRADES, MART, or FGSM with random start (cheap)")
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="legacy: fgsm = --adv-objective fgsm-rs")
+    s.add_argument("--adv-mix", type=float, default=RECIPE["adv_mix"],
+                   help="share of each batch made adversarial (pgd, fgsm-rs; 1: Madry's all-adversarial)")
+    s.add_argument("--adv-beta", type=float, default=RECIPE["adv_beta"], help="weight of the KL term (trades, mart)")
+    s.add_argument("--grad-align", type=float, default=RECIPE["grad_align"], help="GradAlign weight for fgsm-rs (0: off)")
+    s.add_argument("--adv-time", type=float, default=RECIPE["adv_time_s"], metavar="SECONDS",
+                   help="adversarial phase's training-time budget (0: --adv-epochs decides; else that is a cap)")
+    s.add_argument("--adv-clock", choices=["wall", "cpu"], default=RECIPE["adv_clock"],
+                   help="clock of --adv-time: wall, or this process's CPU seconds (equal compute on a shared machine)")
+    s.add_argument("--eps-schedule", choices=["steps", "ramp", "constant"], default=RECIPE["eps_schedule"],
+                   help="training radius over the adversarial phase")
+    s.add_argument("--eps-ramp", type=float, default=RECIPE["eps_ramp"], help="ramp: share of the phase to reach --eps")
     s.add_argument("--eps", type=_pixel_eps, default=RECIPE["eps"], help="final adversarial training radius, e.g. 6/255")
+    s.add_argument("--defence", default=RECIPE["defence"],
+                   help="second line shipped in defence.npz: a name of trainer.defence.CANDIDATES, e.g. "
+                        "channel+median3 (default, 1 extra model pass) or channel+squeeze (4)")  # fmt: skip
     s.add_argument("--seed", type=int, default=RECIPE["seed"])
     s.add_argument("--device", choices=["cpu", "cuda"], default=RECIPE["device"])
     s.add_argument("--threads", type=int, default=RECIPE["threads"], help="torch threads (0: default)")

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from forensics.alerts import AlertNotFound, evidence_png, find_alert
-from forensics.casereport import case_from_alert, render_html
+from forensics.casepage import render_html
+from forensics.casereport import case_from_alert
 from forensics.announce import promote_announced, rollback_announced
 from forensics.errors import RedisUnavailable
 from forensics.labels import LABELS, record_label

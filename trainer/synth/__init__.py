@@ -26,8 +26,8 @@ Modules: :mod:`.heads` (face sources), :mod:`.identity` (identities), :mod:`.bac
 :mod:`.dataset` (DFDC layout, sample clips).
 """
 
-from trainer.synth.dataset import generate_dataset, render_sample_clip
+from trainer.synth.dataset import generate_dataset, render_real_frames, render_sample_clip
 from trainer.synth.identity import Identity, make_identity
 from trainer.synth.writer import CRF, ClipWriter, write_clip
 
-__all__ = ["CRF", "ClipWriter", "Identity", "generate_dataset", "make_identity", "render_sample_clip", "write_clip"]
+__all__ = ["CRF", "ClipWriter", "Identity", "generate_dataset", "make_identity", "render_real_frames", "render_sample_clip", "write_clip"]

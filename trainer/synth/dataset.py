@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,19 @@ def generate_dataset(
     return out_dir
 
 
+def _sample_scene(seed: int, width: int, height: int, fps: int) -> _Scene:
+    return _Scene(np.random.default_rng([seed, 2]), make_identity(np.random.default_rng([seed, 1])), width, height, fps)
+
+
+def render_real_frames(seed: int, *, width: int = 320, height: int = 240, fps: int = 15, frames: int = 30) -> Iterator[np.ndarray]:
+    """The uncompressed frames (uint8 [H, W, 3] RGB) of the REAL clip :func:`render_sample_clip`
+    writes for the same arguments, before H.264: for measurements that apply their own degradation."""
+    _checked_frame_count(width, height, fps, frames / fps, 0.0)
+    scene = _sample_scene(seed, width, height, fps)
+    for t in range(frames):
+        yield scene.render(t).to_uint8()
+
+
 def render_sample_clip(
     path: str | Path,
     *,
@@ -126,9 +140,7 @@ def render_sample_clip(
     fps and seconds give, so the two can be compared frame by frame.
     """
     frames = _checked_frame_count(width, height, fps, seconds, difficulty)
-    scene = _Scene(
-        np.random.default_rng([seed, 2]), make_identity(np.random.default_rng([seed, 1])), width, height, fps
-    )
+    scene = _sample_scene(seed, width, height, fps)
     with ClipWriter(path, width, height, fps) as writer:
         swap = _FaceSwap(scene, difficulty, np.random.default_rng([seed, 3])) if fake else None
         for t in range(frames):

@@ -76,6 +76,7 @@ class SampleSender:
             box=[list(map(int, c.box)) for c in crops],
             track=[c.track for c in crops],
             landmarks=[c.wire_landmarks() for c in crops],
+            region=[list(map(int, c.region)) for c in crops],
             frame_size=(s.frame.width, s.frame.height),
             info={"connection": s.connection},
         )

@@ -15,6 +15,7 @@ function summary(d) {
       [["alert", a.alert_id], ["when", fmtTime(a.created_at)], ["source", a.source],
        ["score", fmtNum(a.score ?? (a.evidence || {}).fake_prob)], ["threshold", fmtNum(a.threshold)],
        ["anomaly rate", fmtNum(a.anomaly_rate, 2)], ["anomalous tracks", a.anomalous_tracks ?? "-"],
+       ["low-quality rate", fmtNum(a.low_quality_rate, 2) + (a.low_quality ? ` (${Object.entries(a.low_quality).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(", ") || "none"})` : "")],
        ["frames / faces scored", a.frames_scored !== undefined ? `${a.frames_scored} / ${a.faces_scored}` : "-"],
        ["model", a.model ? `${a.model.version} (${(a.model.sha256 || "").slice(0, 12)})` : "-"]]
         .map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))])),
