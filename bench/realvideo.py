@@ -20,7 +20,11 @@ synthetic demo model) is scored on exactly the same videos. Crops come from one 
 A row may also be a run's ``checkpoint.pt`` (a run stopped early): it is scored with thresholds
 calibrated on that run's validation split; it has no anomaly detector (fit only at a run's end).
 
+Cross-dataset: ``--test-data PART...`` scores on all the videos of those parts instead (those sharing an
+original with a ``--data`` part left out), as ``forensics train --test-data`` holds them out.
+
     .venv/bin/python bench/realvideo.py --data /work/realdata --cache DIR [--crop-size 256] MODELS/V1 RUN/checkpoint.pt ...
+    .venv/bin/python bench/realvideo.py MODELS/V --cache DIR --data FFPP_PART... --test-data CELEBDF_PART...
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forensics.config import DetectSettings
 from forensics.model import load_model
 from forensics.registry import Registry
-from trainer.data import CropCache, CropConfig, read_dataset, split_by_group
+from trainer.data import CropCache, CropConfig, held_out_test, read_dataset, split_by_group
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -170,7 +174,8 @@ def score_checkpoint(path: Path, cache_root: Path, test_videos, *, pgd_max: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("rows", nargs="+", type=Path, help="MODELS/VERSION directories or RUN/checkpoint.pt files")
-    ap.add_argument("--data", required=True, action="append", type=Path)
+    ap.add_argument("--data", required=True, action="append", type=Path, help="parts the versions were trained on")
+    ap.add_argument("--test-data", nargs="+", type=Path, metavar="PART", help="score on all of these parts instead")
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--crop-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=24)
@@ -180,7 +185,10 @@ def main() -> None:
     ap.add_argument("--pgd-max", type=int, default=64, help="correctly detected fake crops attacked per version")
     args = ap.parse_args()
     videos = read_dataset(args.data)
-    test = split_by_group(videos, val=args.val_share, test=args.test_share, seed=args.seed)["test"]
+    if args.test_data:
+        test, _dropped = held_out_test(args.test_data, videos)
+    else:
+        test = split_by_group(videos, val=args.val_share, test=args.test_share, seed=args.seed)["test"]
     cache = CropCache(args.cache, CropConfig(size=args.crop_size, frames_per_video=args.frames))
     cache.build(test, progress=False)
     rows = [score_checkpoint(p, args.cache, test, pgd_max=args.pgd_max, seed=args.seed) if p.suffix == ".pt"

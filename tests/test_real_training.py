@@ -1,6 +1,7 @@
 """Training for real video (issue 15) on generated data: the multi-part reader with cross-part originals and
 skip reasons, 1080p / portrait / mpeg4 / yuv444p clips, --real-only training on REAL clips with self-blended
-fakes, manifest provenance, the synthetic-only warning in scan and on alerts, and a 256 px round trip."""
+fakes, manifest provenance, the synthetic-only warning in scan, at detect start-up and on alerts, a 256 px
+round trip, cross-dataset test parts (--test-data) and the wall-time cap (--max-minutes)."""
 
 from __future__ import annotations
 
@@ -198,3 +199,109 @@ def test_256_px_model_trains_exports_and_serves(tmp_path, small_dataset):
     clip = next(small_dataset.rglob("*.mp4"))
     verdict = scan_file(clip, Settings(models_dir=tmp_path / "models"), model, full_scores=True)
     assert verdict["faces_scored"] > 0 and 0 <= verdict["score"] <= 1
+
+
+@pytest.mark.parametrize("data, warned", [("synthetic", True), ("real", False)])
+def test_detect_worker_start_up_prints_the_synthetic_only_line_once(tmp_path, redis_url, prefix, data, warned):
+    """`forensics detect` on a synthetic-only model: one warning line on stderr at start-up; none for a real-trained one."""
+    import time
+
+    from tests.tinymodel import make_tiny_registry
+
+    make_tiny_registry(tmp_path / "models", provenance={"data": data, "fakes": "labelled", "input_size": 16})
+    env = {**os.environ, "FORENSICS_REDIS__URL": redis_url, "FORENSICS_REDIS__PREFIX": prefix,
+           "FORENSICS_MODELS_DIR": str(tmp_path / "models"), "FORENSICS_STATE_DIR": str(tmp_path / "state"),
+           "FORENSICS_LOG_FORMAT": "json", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "forensics.cli", "detect", "--consumer", "w1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the worker logs "detect worker running" once it consumes
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if "detect worker running" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert any("detect worker running" in line for line in lines), lines
+    warn = [line for line in lines if "not meaningful" in line]
+    expected = ("forensics: warning: model v0001 was trained on synthetic faces only: its verdicts on real "
+                "video are not meaningful (train on real footage: README, 'Training for real video')")  # fmt: skip
+    assert warn == ([expected] if warned else []), lines
+
+
+def test_held_out_test_parts_leave_out_videos_sharing_an_original_with_training(tmp_path):
+    """`--test-data`: every video of the test parts, except those whose original is in a training part."""
+    from trainer.data import held_out_test, recipe_splits
+
+    train_part, test_part = tmp_path / "ffpp", tmp_path / "celebdf"
+    write_part(train_part, {"033.mp4": {"label": "REAL"}, "033_097_deepfakes.mp4": {"label": "FAKE", "original": "033.mp4"}})
+    write_part(test_part, {"id0_0001.mp4": {"label": "REAL"}, "id0_id1_0001.mp4": {"label": "FAKE", "original": "id0_0001.mp4"},
+                           "033_segment_2.mp4": {"label": "REAL"},  # a segment of a training clip
+                           "097_033_faceswap.mp4": {"label": "FAKE", "original": "033.mp4"}})  # fmt: skip
+    test, dropped = held_out_test([test_part], read_dataset([train_part]))
+    assert sorted(v.name for v in test) == ["id0_0001.mp4", "id0_id1_0001.mp4"] and dropped == 2
+    assert held_out_test([], read_dataset([train_part])) == ([], 0)
+    # A recorded cross-dataset recipe (eval, privacy, retraining) finds the same test split.
+    splits = recipe_splits(read_dataset([train_part]), {"test_data": [str(test_part)], "test_share": 0.2})
+    assert [v.name for v in splits["test"]] == [v.name for v in test] and len(splits["train"] + splits["val"]) == 2
+
+
+def test_time_cap_keeps_the_adversarial_phase_and_stops_at_epoch_boundaries():
+    import time
+
+    from forensics.logs import get_logger
+    from trainer.recipe import TrainConfig
+    from trainer.timecap import TimeCap, adversarial_cost
+
+    log = get_logger()
+    assert adversarial_cost(3) == 2.5 and adversarial_cost(10, "fgsm") == 1.5
+    off = TimeCap(0)
+    assert not off.end_clean_phase(1e6, 2, log) and not off.stop(1e6, 1, 2, log) and not off.capped
+    cap = TimeCap(1.0, adv_cost=2.5, start=time.monotonic() - 30)  # 30 s of a 60 s cap used
+    assert not cap.end_clean_phase(None, 2, log)  # the first epoch always runs
+    assert not cap.end_clean_phase(4.0, 2, log)  # 4 s + 2 adversarial epochs of 10 s fit in the 30 s left
+    assert cap.end_clean_phase(6.0, 2, log) and cap.capped  # 6 + 2 * 15 s do not: go to the PGD phase
+    assert not cap.stop(100.0, 0, 2, log)  # at least one adversarial epoch runs
+    assert cap.stop(100.0, 1, 2, log) and not cap.stop(1.0, 1, 2, log)
+    assert cap.record(5, 3, TrainConfig(data=[], gan_epochs=10, adv_epochs=2)) == {
+        "clean": 3, "adversarial": 2, "planned": [10, 2], "time_capped": True}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a tiny capped training run
+def test_cross_dataset_run_capped_in_time_tests_on_the_other_parts_and_registers(tmp_path):
+    """`forensics train --data A --test-data B --max-minutes M`: train/validation from A only, test on B (minus a
+    clip whose original is in A), the clean phase cut by the cap, one PGD epoch kept, a registered version."""
+    from trainer.synth import generate_dataset
+
+    generate_dataset(tmp_path / "a", 16, seed=31, seconds=1.0, difficulty=0.0)
+    generate_dataset(tmp_path / "b", 8, seed=32, seconds=1.0, difficulty=0.0)
+    part_a, part_b = tmp_path / "a" / "dfdc_train_part_0", tmp_path / "b" / "dfdc_train_part_0"
+    meta_a, meta_b = (json.loads((p / "metadata.json").read_text()) for p in (part_a, part_b))
+    fake_a = next(n for n, m in meta_a.items() if m["label"] == "FAKE")
+    shutil.copy(part_a / fake_a, part_b / "shares_an_original.mp4")  # B holds a fake of an original in A
+    write_part(part_b, {**meta_b, "shares_an_original.mp4": {"label": "FAKE", "original": meta_a[fake_a]["original"]}})
+    env = {**os.environ, "FORENSICS_STATE_DIR": str(tmp_path / "state"), "FORENSICS_MODELS_DIR": str(tmp_path / "models"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "forensics.cli", "train", "--data", str(tmp_path / "a"), "--test-data", str(tmp_path / "b"),
+           "--max-minutes", "0.05", "--gan-epochs", "50", "--adv-epochs", "1", "--pgd-steps", "1", "--size", "64",
+           "--frames", "6", "--batch-size", "16", "--gen-weight", "0", "--eval-subset", "16", "--threads", "1",
+           "--no-progress", "--no-eval"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = Registry(tmp_path / "models").load()
+    prov = art.manifest["provenance"]
+    assert prov["test_roots"] == [str(tmp_path / "b")] and prov["test_overlap_dropped"] == 1
+    assert prov["videos"]["test"] == {"real": sum(m["label"] == "REAL" for m in meta_b.values()),
+                                      "fake": sum(m["label"] == "FAKE" for m in meta_b.values())}  # all of B but the shared one
+    assert sum(prov["videos"]["train"].values()) + sum(prov["videos"]["val"].values()) == len(meta_a)
+    epochs = prov["epochs"]
+    assert epochs["time_capped"] and epochs["clean"] < 50 and epochs["adversarial"] == 1 and epochs["planned"] == [50, 1]
+    report = json.loads((art.path / "report" / "metrics.json").read_text())
+    assert len(report["history"]) == epochs["clean"] + 1 and report["history"][-1]["phase"] == "adv"
+    assert report["test"]["adversarially_trained"]["clean_video_auc"] is not None

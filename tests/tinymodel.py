@@ -16,8 +16,9 @@ import numpy as np
 from forensics.registry import Registry
 
 
-def make_tiny_registry(root: Path, size: int = 16, versions: int = 1) -> Registry:
-    """A registry at ``root`` with ``versions`` exported versions of input ``size``; v0001 is current."""
+def make_tiny_registry(root: Path, size: int = 16, versions: int = 1, provenance: dict | None = None) -> Registry:
+    """A registry at ``root`` with ``versions`` exported versions of input ``size``; v0001 is current.
+    ``provenance``: the manifest's training record (issue 15), e.g. ``{"data": "synthetic"}``; none by default."""
     import torch
 
     from forensics.scoring import calibrate_threshold, fit_mahalanobis
@@ -36,8 +37,8 @@ def make_tiny_registry(root: Path, size: int = 16, versions: int = 1) -> Registr
         clean = scorer.score([f.double().numpy() for f in feats])
         scorer = dataclasses.replace(scorer, threshold=calibrate_threshold(clean, 0.05), fpr=0.05)
         scorer.save(vdir / "scorer.npz")
-        reg.write_manifest(version, {"input_size": size, "metrics": {}, "thresholds": {"frame_prob": 0.5,
-                                                                                      "video_prob": 0.5}})
+        reg.write_manifest(version, {"input_size": size, "metrics": {}, "thresholds": {"frame_prob": 0.5, "video_prob": 0.5},
+                                     **({"provenance": provenance} if provenance else {})})  # fmt: skip
     reg.promote("v0001", reason="test")
     return reg
 

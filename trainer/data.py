@@ -143,6 +143,20 @@ def split_by_group(
     return out
 
 
+def held_out_test(test_roots: Sequence[str | Path], train_videos: Sequence[Video]) -> tuple[list[Video], int]:
+    """The test videos of ``test_roots`` (all of them, e.g. another dataset) whose group (original) is not
+    among ``train_videos``' groups, so the split by original still holds; and how many were dropped for it."""
+    if not test_roots:
+        return [], 0
+    seen = {v.group for v in train_videos}
+    paths = {str(v.path.resolve()) for v in train_videos}
+    test = read_dataset(test_roots)
+    keep = [v for v in test if v.group not in seen and str(v.path.resolve()) not in paths]
+    if len(keep) < len(test):
+        get_logger().warning("test videos sharing an original with the training parts left out", count=len(test) - len(keep))
+    return keep, len(test) - len(keep)
+
+
 # ---- face crop cache -------------------------------------------------------------------------
 
 
@@ -528,9 +542,14 @@ def recipe_cache(cache_dir: str | Path, config: dict) -> CropCache:
 
 
 def recipe_splits(videos: Sequence[Video], config: dict) -> dict[str, list[Video]]:
-    """train/val/test as the recipe split them: same shares and seed, so held-out clips stay held out."""
-    return split_by_group(videos, val=float(config.get("val_share", 0.15)), test=float(config.get("test_share", 0.2)),
-                          seed=int(config.get("seed", 0)))  # fmt: skip
+    """train/val/test as the recipe split them: same shares and seed, so held-out clips stay held out
+    (with ``test_data``, the recipe's held-out test parts are the test split)."""
+    test_roots = config.get("test_data") or []
+    out = split_by_group(videos, val=float(config.get("val_share", 0.15)), seed=int(config.get("seed", 0)),
+                         test=0.0 if test_roots else float(config.get("test_share", 0.2)))  # fmt: skip
+    if test_roots:
+        out["test"] = held_out_test(test_roots, videos)[0]
+    return out
 
 
 def load_recipe_splits(data_dirs, config: dict, cache_dir: str | Path, *,

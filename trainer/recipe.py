@@ -66,5 +66,7 @@ class TrainConfig:
     train_frames: int = 0  # use at most this many crops per training video (0: all cached)
     crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
     crop_detector: str = "blazeface"  # face detector of the crop cache: serve with the same faces.detector
+    test_data: list[str] = field(default_factory=list)  # test on these parts (e.g. another dataset); data splits train/val only
+    max_minutes: float = 0  # wall-time cap of a run, checked at epoch boundaries (trainer/timecap.py; 0: no cap)
 
 

@@ -33,6 +33,7 @@ from trainer.data import (
     DatasetError,
     Video,
     group_key,
+    held_out_test,
     read_dataset,
     split_by_group,
 )
@@ -90,9 +91,13 @@ def load_run_data(cfg, cache: CropCache, *, build: bool = True, videos_only: boo
     fakes = cfg.fakes if labelled else "self-blended"
     seen = {str(v.path.resolve()) for v in labelled}
     videos = labelled + [v for v in extra_real if str(v.path.resolve()) not in seen]
+    held_out, overlap = held_out_test(cfg.test_data, videos)
     if videos_only:
-        return videos
-    splits = split_by_group(videos, val=cfg.val_share, test=cfg.test_share, seed=cfg.seed)
+        return videos + held_out
+    splits = split_by_group(videos, val=cfg.val_share, test=0 if cfg.test_data else cfg.test_share, seed=cfg.seed)
+    if cfg.test_data:
+        splits["test"] = held_out
+        videos = videos + held_out
     if build:
         counts = cache.build(videos, workers=cfg.workers, progress=cfg.progress)
         log.info("face crops ready", **counts)
@@ -116,6 +121,9 @@ def load_run_data(cfg, cache: CropCache, *, build: bool = True, videos_only: boo
     if fakes == "labelled" and len(np.unique(train.labels)) < 2:
         raise DatasetError(f"the train split has {len(train)} face crops and needs both REAL and FAKE: add videos")
     provenance = describe(videos, splits, crops, fakes, cfg, failed, blend)
+    if cfg.test_data:
+        provenance["test_roots"] = [str(p) for p in cfg.test_data]
+        provenance["test_overlap_dropped"] = overlap
     return RunData(crops, failed, provenance, blend)
 
 

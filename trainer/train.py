@@ -62,6 +62,7 @@ from trainer.recipe import TrainConfig
 from trainer.registration import register
 from trainer.sbi import self_blended_dataset
 from trainer.sources import load_run_data
+from trainer.timecap import TimeCap, adversarial_cost
 
 __all__ = ["Dist", "TrainConfig", "Trainer", "train"]
 
@@ -199,6 +200,7 @@ class Trainer:
             self.D_train = DDP(self.D)
             self.G_train = DDP(self.G)
         self.epoch = 0
+        self.gan_epochs = cfg.gan_epochs  # clean epochs; fewer when --max-minutes cuts the clean phase
         self.standard_state: dict[str, torch.Tensor] | None = None
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -210,6 +212,7 @@ class Trainer:
             return
         state = {
             "epoch": self.epoch,
+            "gan_epochs": self.gan_epochs,
             "D": self.D.state_dict(),
             "G": self.G.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -240,6 +243,7 @@ class Trainer:
         self.standard_state = state["standard"]
         self.history = state["history"]
         self.epoch = state["epoch"]
+        self.gan_epochs = state.get("gan_epochs", self.cfg.gan_epochs)
         torch.set_rng_state(state["rng"]["torch"])
         self.gen.set_state(state["rng"]["gen"])
         self.log.info("resumed", epoch=self.epoch)
@@ -337,11 +341,17 @@ class Trainer:
         self.maybe_resume()
         loader = self._loader()
         cfg = self.cfg
+        if cfg.max_minutes and self.dist.on:
+            raise ConfigError("max_minutes is single-process only (ranks would stop after different epochs)")
+        cap, last_s = TimeCap(cfg.max_minutes, adversarial_cost(cfg.pgd_train_steps, cfg.adv_mode), t_start), None
         self.adv = AdversarialPhase(cfg, len(loader), self.history, self.dist.on)
-        total = cfg.gan_epochs + cfg.adv_epochs
         t0 = time.monotonic()
-        while self.epoch < total:
-            phase = "gan" if self.epoch < cfg.gan_epochs else "adv"
+        while self.epoch < self.gan_epochs + cfg.adv_epochs:
+            phase = "gan" if self.epoch < self.gan_epochs else "adv"
+            if phase == "gan" and cap.end_clean_phase(last_s, cfg.adv_epochs, self.log):
+                self.gan_epochs, phase = self.epoch, "adv"  # --max-minutes: keep time for the PGD phase
+            if phase == "adv" and cap.stop(last_s, self.epoch - self.gan_epochs, cfg.adv_epochs, self.log):
+                break
             if phase == "adv" and self.standard_state is None:
                 self.standard_state = {k: v.clone() for k, v in self.D.state_dict().items()}
                 for group in self.opt_d.param_groups:
@@ -364,6 +374,8 @@ class Trainer:
             self.epoch += 1
             self.save_checkpoint()
             self.dist.barrier()
+            last_s = time.monotonic() - te
+        self.provenance["epochs"] = cap.record(self.epoch, self.gan_epochs, cfg)
         if self.standard_state is None:  # no adversarial phase: the model is its own baseline
             self.standard_state = {k: v.clone() for k, v in self.D.state_dict().items()}
         self.timings["train_s"] = time.monotonic() - t0

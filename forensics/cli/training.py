@@ -54,6 +54,8 @@ def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
     return TrainConfig(
         data=[str(d) for d in args.data or []],
         real_only=[str(d) for d in args.real_only or []],
+        test_data=[str(d) for d in args.test_data or []],
+        max_minutes=args.max_minutes,
         fakes=args.fakes or ("self-blended" if not args.data else "labelled"),
         arch=args.arch,
         augment=args.augment,
@@ -183,6 +185,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--data", action="append", type=Path, metavar="DIR", help="labelled DFDC-format data (repeatable)")
     s.add_argument("--real-only", nargs="+", type=Path, metavar="DIR",
                    help="folders of real footage alone (every video REAL); fakes are self-blended")
+    s.add_argument("--test-data", nargs="+", type=Path, metavar="PART",
+                   help="test on these labelled parts (e.g. another dataset; videos sharing an original with "
+                        "--data are left out); --data is then split into train and validation only")
+    s.add_argument("--max-minutes", type=float, default=RECIPE["max_minutes"],
+                   help="wall-time cap: training stops at the last epoch boundary that fits (the clean phase ends "
+                        "early to keep the PGD epochs), then calibrates, exports and registers as usual (0: no cap)")
     s.add_argument("--fakes", choices=["labelled", "self-blended", "both"],
                    help="fake source: labelled FAKE videos, self-blended fakes of the real faces, or both "
                         "(default: labelled; self-blended with --real-only alone)")
