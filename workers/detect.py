@@ -5,6 +5,7 @@ every crop (ONNX Runtime + Mahalanobis), write results, update per-file or per-l
 aggregates in Redis, emit alerts, then acknowledge. Any number of workers can share the group:
 all aggregation state lives in Redis and is written idempotently (keyed by batch sequence), and
 alerts carry deterministic ids that :class:`forensics.alerts.AlertWriter` publishes at most once.
+What is written once a batch is scored is in :mod:`workers.publish`.
 
 Poison isolation: every decode, validation, scoring or aggregation error of one entry is caught
 for that entry alone (the good entries of the same read are scored and acknowledged), its message
