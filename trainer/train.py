@@ -21,9 +21,8 @@ Runs single-process or under ``torchrun`` (DistributedDataParallel; gloo on CPU,
 from __future__ import annotations
 
 import os
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from trainer.data import (
 )
 from trainer.defence import CANDIDATES as DEFENCE_CANDIDATES
 from trainer.defence import clean_rates, fit_defences
+from trainer.distributed import Dist, init_distributed, seed_everything
 from trainer.heldout import heldout_metrics
 from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
@@ -65,45 +65,6 @@ from trainer.sources import load_run_data
 from trainer.timecap import TimeCap, adversarial_cost
 
 __all__ = ["Dist", "TrainConfig", "Trainer", "train"]
-
-
-# ---- distributed helpers -------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def on(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.on:
-            torch.distributed.barrier()
-
-
-def init_distributed(device: str) -> Dist:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    backend = "nccl" if device == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 # ---- the trainer ------------------------------------------------------------------------
