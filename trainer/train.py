@@ -204,7 +204,10 @@ class Trainer:
         self.standard_state = state["standard"]
         self.history = state["history"]
         self.epoch = state["epoch"]
-        self.gan_epochs = state.get("gan_epochs", self.cfg.gan_epochs)
+        # A clean phase that --max-minutes ended stays ended once the PGD phase has begun; otherwise the
+        # resumed run's own gan_epochs holds (a resume may ask for more clean epochs).
+        saved = state.get("gan_epochs")
+        self.gan_epochs = saved if saved is not None and self.epoch > saved else self.cfg.gan_epochs
         torch.set_rng_state(state["rng"]["torch"])
         self.gen.set_state(state["rng"]["gen"])
         self.log.info("resumed", epoch=self.epoch)
