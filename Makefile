@@ -12,7 +12,7 @@ demo: setup
 	$(PY) -m forensics.cli demo
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadgroup
 
 bench: setup
 	$(PY) bench/ingest.py

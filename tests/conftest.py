@@ -17,6 +17,8 @@ from tests.media import write_test_video
 ROOT = Path(__file__).resolve().parents[1]
 # The Redis password the secret tests use: no captured output of any test may contain it.
 TEST_PASSWORD = "Tr0ub4dor-s3cret"
+# pytest-timeout counts fixture setup: a test that asks for the session model first pays its training.
+SESSION_MODEL_TIMEOUT = 900
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -29,6 +31,23 @@ def pytest_runtest_makereport(item, call):
     if leaked and not report.failed:
         report.outcome = "failed"
         report.longrepr = f"the test Redis password was printed: {', '.join(leaked)}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`): each test module runs whole on
+    one worker (its module fixtures are built once), and every module that uses the session model
+    (`trained`) runs on the same worker, so that model is trained once while the other worker runs
+    the rest of the suite."""
+    grouped = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup"
+    uses_model = {item.nodeid.split("::")[0] for item in items if "trained" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if grouped:
+            item.add_marker(pytest.mark.xdist_group("session-model" if module in uses_model else module))
+        if module in uses_model and not item.get_closest_marker("timeout"):
+            # The first of them also trains the session model (4-5 min on one busy core).
+            item.add_marker(pytest.mark.timeout(SESSION_MODEL_TIMEOUT))
 
 
 def free_port() -> int:
@@ -129,6 +148,9 @@ def trained(tmp_path_factory, small_dataset) -> dict:
         batch_size=32, lr=1e-3, adv_lr=5e-4, eval_subset=64, eval_pgd_steps=5, val_share=0.25, test_share=0.25, progress=False,
         run_dir=str(work / "run"), cache_dir=str(work / "crops"), models_dir=str(work / "models"),
         crop_detector="haar",  # the synthetic faces were drawn for Haar: see SERVE_DETECTOR
+        # The end-of-training report on a few crops and queries (the default took ~2/3 of this run).
+        report_budget={"max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 24, "square_images": 4,
+                       "square_tracks": 1, "square_queries": 300, "adaptive_frames": 8, "adaptive_tracks": 2},
     )  # fmt: skip
     result = train(cfg)
     result["models_dir"] = work / "models"

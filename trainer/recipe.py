@@ -54,6 +54,9 @@ class TrainConfig:
     resume: bool = False
     promote: bool = False  # promote when done (the first model is always promoted)
     evaluate: bool = True  # quick robustness evaluation + report.html in report/eval/ (hashed in the manifest)
+    # Budgets of that evaluation over trainer.registration.TRAIN_REPORT's (keys of run_evaluation:
+    # square_images, square_queries, adaptive_frames, blackbox_images, ...); the tests' model uses small ones.
+    report_budget: dict[str, int] = field(default_factory=dict)
     run_dir: str = ".forensics/train"
     cache_dir: str = ".forensics/crops"
     models_dir: str = "models"

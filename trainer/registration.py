@@ -115,7 +115,8 @@ def write_eval_report(trainer: Trainer, version: str, vdir: Path, D: Discriminat
     onnx = OnnxDiscriminator(vdir / "model.onnx", intra_op_threads=1)
     result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, trainer.crops["test"],
                             seed=trainer.cfg.seed, quick=True, generator=trainer.G.eval(),
-                            defences=trainer.defences, shipped_defence=trainer.cfg.defence, **TRAIN_REPORT)  # fmt: skip
+                            defences=trainer.defences, shipped_defence=trainer.cfg.defence,
+                            **{**TRAIN_REPORT, **trainer.cfg.report_budget})  # fmt: skip
     result["version"] = version
     write_report(result, trainer.history, vdir / "report" / "eval")
     trainer.timings["eval_s"] = time.monotonic() - t0
