@@ -4,10 +4,14 @@ Each version is a run of ``forensics train`` (same data, seed and GAN phase; see
 adversarial objective"). Per row, on the version's own held-out test split (the same split for all,
 as the seed and data are the same): clean video and frame AUC, PGD-10 success at 2/255 and 4/255 on
 the correctly detected fakes (the trainer's report/metrics.json), FGSM at the same radii on the same
-fakes (computed here), and the adversarial phase's training time (budget clock and wall seconds,
-epochs). A version trained with ``--adv-epochs 0`` is the standard (non-adversarial) row.
+fakes (computed here), the share of clean test fakes and reals called FAKE at the frame threshold (a
+model that calls nearly every crop FAKE, or whose detected fakes sit far above its threshold, "resists"
+attacks trivially), a threshold-free check (``robust_frame_auc``: frame AUC after PGD-10 at 4/255 pushes
+each crop of a seeded subset of ``--robust-n`` REAL and as many FAKE test crops toward the other class),
+and the adversarial phase's training time (budget clock and wall seconds, epochs). A version trained
+with ``--adv-epochs 0`` is the standard (non-adversarial) row.
 
-    python bench/adv_objectives.py --data DIR --models MODELS_DIR [--models MODELS_DIR ...]
+    python bench/adv_objectives.py --data DIR --models MODELS_DIR [--models MODELS_DIR ...] [--robust-n 64]
 
 Prints JSON: ``rows``, one per version.
 """
@@ -25,7 +29,7 @@ from forensics.registry import Registry
 from trainer import attacks
 from trainer.data import as_float_tensor, version_recipe
 from trainer.evaluate import load_test_split
-from trainer.metrics import logit, predict, sigmoid
+from trainer.metrics import logit, predict, roc_auc, sigmoid
 from trainer.models import LogitsOnly, load_discriminator
 
 RADII = {"2/255": 2 / 255, "4/255": 4 / 255}
@@ -40,7 +44,16 @@ def fgsm_success(model, x: torch.Tensor, fakes: np.ndarray, thr: float) -> dict[
     return out
 
 
-def row_for(models_dir: Path, data: list[str]) -> dict:
+def robust_auc(model, x: torch.Tensor, labels: np.ndarray, n: int, seed: int) -> dict[str, float]:
+    """Frame AUC on n REAL + n FAKE test crops (seeded), clean and after PGD-10 at 4/255 toward the other class."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(np.concatenate([rng.permutation(np.where(labels == c)[0])[:n] for c in (0, 1)]))
+    y = torch.from_numpy(labels[idx]).float()
+    xa = attacks.pgd(LogitsOnly(model), x[idx], y, RADII["4/255"], steps=10, generator=torch.Generator().manual_seed(seed))
+    return {"clean": roc_auc(predict(model, x[idx])[0], labels[idx]), "pgd10_4/255": roc_auc(predict(model, xa)[0], labels[idx])}
+
+
+def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
     art = Registry(models_dir).load()
     meta, config = version_recipe(art)
     test = load_test_split(data, config, config["cache_dir"], workers=1)
@@ -61,6 +74,9 @@ def row_for(models_dir: Path, data: list[str]) -> dict:
         "pgd10": {k: res["pgd"][k]["success_rate"] for k in RADII if k in res["pgd"]},
         "fgsm": fgsm_success(model, x, fakes, thr),
         "attacked": len(fakes),
+        "fakes_called_fake": float((probs[test.labels == 1] > thr).mean()),
+        "reals_called_fake": float((probs[test.labels == 0] > thr).mean()),
+        "robust_frame_auc": robust_auc(model, x, test.labels, robust_n, config.get("seed", 0)) if robust_n else None,
         "adv_epochs": len(adv_hist),
         "adv_budget_s": sum(h.get("budget_s", h["train_s"]) for h in adv_hist),
         "adv_wall_s": sum(h["train_s"] for h in adv_hist),
@@ -72,9 +88,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--models", action="append", required=True, type=Path, help="a models dir holding one version")
+    ap.add_argument("--robust-n", type=int, default=64, help="REAL and FAKE crops each for robust_frame_auc (0: off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(json.dumps({"rows": [row_for(d, args.data) for d in args.models]}, indent=1))
+    print(json.dumps({"rows": [row_for(d, args.data, args.robust_n) for d in args.models]}, indent=1))
 
 
 if __name__ == "__main__":

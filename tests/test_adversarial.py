@@ -160,3 +160,27 @@ def test_grad_align_adds_a_differentiable_penalty(one_torch_thread):
     loss.backward()
     grads = [p.grad for p in D.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads) and any(float(g.abs().max()) > 0 for g in grads)
+
+
+class _Brightness(torch.nn.Module):
+    """A (logits, features) model whose FAKE logit is the mean pixel value above 0.5."""
+
+    def forward(self, x: torch.Tensor):
+        m = x.mean((1, 2, 3))
+        return 50 * (m - 0.5), (m[:, None],)
+
+
+def test_robust_frame_auc_is_threshold_free_and_sees_the_margin():
+    """bench/adv_objectives.py's robust AUC (issue 17): n crops per class, each pushed toward the other class
+    by PGD-10 at 4/255; a class gap wider than 2 x 4/255 survives it, a narrower one is inverted."""
+    from bench.adv_objectives import robust_auc
+
+    labels = np.repeat([0, 1, 0], [30, 40, 30])
+    rng = np.random.default_rng(0)
+    for gap, survives in ((0.2, True), (0.02, False)):
+        level = 0.5 + (labels - 0.5) * gap
+        x = torch.tensor(np.clip(level[:, None, None, None] + rng.normal(0, 0.002, (len(labels), 3, 8, 8)), 0, 1),
+                         dtype=torch.float32)  # fmt: skip
+        out = robust_auc(_Brightness(), x, labels, n=20, seed=0)
+        assert out["clean"] == 1.0
+        assert out["pgd10_4/255"] == (1.0 if survives else 0.0), (gap, out)
