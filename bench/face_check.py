@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", help="a model registry: time one ONNX pass of its current version beside the check")
+    ap.add_argument("--models", help="a model registry: time one ONNX pass of its current version too")
     ap.add_argument("--out")
     args = ap.parse_args()
     seeds = range(900, 900 + args.clips)
