@@ -139,7 +139,7 @@ def face_check_on(cfg: QualitySettings, face_detector: str) -> bool:
 
 def face_check_detector(crop_detector: str | None) -> str:
     """The detector the face check runs: the model's crop detector when it is BlazeFace or Haar,
-    else BlazeFace (the default; 4x faster than Haar and it finds no face in 98% of heavy-noise crops,
+    else BlazeFace (the default; 3-4x faster than Haar, and it finds no face in 98% of heavy-noise crops,
     where Haar finds one in 92%: README "Input quality")."""
     return crop_detector if crop_detector in ("blazeface", "haar") else "blazeface"
 
