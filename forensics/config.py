@@ -267,10 +267,13 @@ class DetectSettings(_Section):
 class QualitySettings(_Section):
     """The input-quality gate (forensics/quality.py); defaults measured by ``python bench/quality.py``."""
 
-    enabled: bool = Field(True, description="Mark blurred, block-coded and tiny crops low_quality (blur, blocky, tiny_face).")
+    enabled: bool = Field(True, description="Mark blurred, block-coded, tiny and faceless crops low_quality (blur, blocky, tiny_face, no_face).")
     min_focus: float = Field(0.06, ge=0, description="Focus (Laplacian variance / variance, 64 px grey) below this: blur.")
     max_blockiness: float = Field(1.52, gt=0, description="Step on the 8x8 codec grid / step mid-block above this: blocky.")
     min_face_px: int = Field(34, ge=0, description="Face box side below this many source pixels: tiny_face.")
+    face_check: Literal["auto", "on", "off"] = Field(
+        "auto", description="no_face: run the model's crop detector on each crop (BlazeFace ~5 ms a crop). auto: only in "
+        "whole-frame mode (faces.detector = none); face mode's crops already came from a detector.")
 
 
 class AlertSettings(_Section):

@@ -57,6 +57,12 @@ class LoadedModel:
         self.size = artifact.input_size
 
     @property
+    def crop_detector(self) -> str | None:
+        """The face detector the model's training crops were made with (manifest), None if not recorded."""
+        crop = self.artifact.manifest.get("preprocessing", {}).get("crop", {})
+        return str(crop["detector"]) if crop.get("detector") else None
+
+    @property
     def anomaly_threshold(self) -> float:
         """Crop score above which a crop is anomalous."""
         return self.defence.threshold if self.defence is not None else self.scorer.threshold

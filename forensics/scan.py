@@ -16,7 +16,7 @@ from forensics.config import Settings
 from forensics.disclosure import disclose
 from forensics.faces import build_cropper
 from forensics.model import LoadedModel
-from forensics.quality import low_quality
+from forensics.quality import face_check_on, face_checker, low_quality
 from forensics.verdicts import CropRecord, file_verdict
 from forensics.video import FrameSampler, decode_file
 
@@ -54,13 +54,15 @@ def scan_file(path: str | Path, settings: Settings, model: LoadedModel, detail: 
     stats: dict = {}
     records: list[CropRecord] = []
     pending: list = []
+    face_check = face_checker(model.crop_detector) if face_check_on(settings.quality, settings.faces.detector) else None
 
     def flush() -> None:
         if not pending:
             return
         images = np.stack([c.image for _, c in pending])
         scores = model.score(images)
-        lq = low_quality(images, [c.box for _, c in pending], [c.region for _, c in pending], settings.quality)
+        has_face = face_check(images) if face_check is not None else None
+        lq = low_quality(images, [c.box for _, c in pending], [c.region for _, c in pending], settings.quality, has_face)
         for i, (df, crop) in enumerate(pending):
             records.append(CropRecord(df.index, df.pts, crop.track, float(scores.fake_prob[i]),
                                       float(scores.anomaly[i]), bool(scores.anomalous[i]), crop.box, lq[i]))  # fmt: skip

@@ -139,6 +139,12 @@ def test_report_builds_with_every_figure(result):
     metrics = json.loads((Path(out).parent / "metrics.json").read_text())
     assert set(metrics) >= {"clean", "attacks", "blackbox", "ood", "sanity"} and "_figures" not in metrics
     assert "All" in html or "FAILED" in html
+    # The OOD table counts crops the model's crop detector (Haar here) finds no face in as gated (issue 17).
+    assert "<th>of which no face</th>" in html and "the face check (haar" in html
+    ood = metrics["ood"]
+    assert all(v["face_check"] == "haar" and v["no_face_rate"] <= v["gated_rate"] <= v["flagged_or_gated_rate"]
+               for v in ood.values())  # fmt: skip
+    assert ood["non_face"]["no_face_rate"] > 0.9 and metrics["clean"]["clean_gated_rate"] < 0.05
 
 
 def test_numbers_come_from_the_data(parts):

@@ -1,6 +1,7 @@
-"""The input-quality gate (issue 17) on generated faces: blur, heavy JPEG and tiny faces are marked
-low_quality, sharp crops are not; a detect worker (real Redis, real ONNX Runtime, a small untrained
-exported model) reports the reasons apart from the anomaly flag in results, evidence and verdicts."""
+"""The input-quality gate (issue 17) on generated faces: blur, heavy JPEG, tiny faces and crops without a
+face are marked low_quality, sharp face crops are not; a detect worker (real Redis, real ONNX Runtime, a
+small untrained exported model) reports the reasons apart from the anomaly flag in results, evidence and
+verdicts, and runs the face check in whole-frame mode."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from forensics.config import FaceSettings, QualitySettings, load_settings
 from forensics.faces import build_cropper
-from forensics.quality import blockiness, focus, low_quality
+from forensics.quality import blockiness, face_check_on, face_checker, focus, low_quality
 from forensics.streams import Keys
 from forensics.wire import FrameBatch, decode, encode
 from tests.tinymodel import make_tiny_registry
@@ -113,6 +114,21 @@ def models64(tmp_path_factory):
     return make_tiny_registry(tmp_path_factory.mktemp("q64") / "models", size=SIZE).root
 
 
+def _detect_file(r, settings, keys: Keys, batch: FrameBatch) -> tuple[DetectWorker, dict, dict]:
+    """A real detect worker scores ``batch`` of a dropped file and its eof: (worker, verdict, results entry)."""
+    r.xadd(keys.frames, encode(batch))
+    r.xadd(keys.frames, encode(FrameBatch(source=batch.source, seq=batch.seq + 1, kind="eof",
+                                          info={"file": f"{batch.source}.mp4", "batches": 1})))  # fmt: skip
+    worker = DetectWorker(settings, r, consumer=f"{batch.source}-1")
+    worker.load_initial()
+    deadline = time.monotonic() + 30
+    while not worker.step_new():
+        assert time.monotonic() < deadline
+    (verdict,) = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.alerts) if b'"kind":"verdict"' in f[b"event"]]
+    (result,) = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.results)]
+    return worker, verdict, result
+
+
 def test_detect_reports_low_quality_apart_from_anomalous_in_results_evidence_and_verdict(r, redis_url, prefix,
                                                                                          tmp_path, faces, models64):  # fmt: skip
     import shutil
@@ -129,15 +145,7 @@ def test_detect_reports_low_quality_apart_from_anomalous_in_results_evidence_and
                        pts=[i / 10 for i in range(n)], wall=[time.time()] * n, box=[list(c.box) for c in crops],
                        track=[0] * n, region=[list(c.region) for c in crops], frame_size=(320, 240))  # fmt: skip
     keys = Keys(prefix)
-    r.xadd(keys.frames, encode(batch))
-    r.xadd(keys.frames, encode(FrameBatch(source="q-file", seq=1, kind="eof", info={"file": "q.mp4", "batches": 1})))
-    worker = DetectWorker(settings, r, consumer="q1")
-    worker.load_initial()
-    deadline = time.monotonic() + 30
-    while not worker.step_new():
-        assert time.monotonic() < deadline
-    (verdict,) = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.alerts) if b'"kind":"verdict"' in f[b"event"]]
-    (result,) = [json.loads(f[b"event"]) for _i, f in r.xrange(keys.results)]
+    worker, verdict, result = _detect_file(r, settings, keys, batch)
     # Results: the seven-column rows are unchanged; the reasons travel beside them.
     assert all(len(row) == 7 for row in result["crops"]) and len(result["low_quality"]) == n
     assert result["low_quality"] == [[]] * 5 + [["blur"]] * 2
@@ -145,7 +153,7 @@ def test_detect_reports_low_quality_apart_from_anomalous_in_results_evidence_and
     # Rates are published at alerts.scores (default label: two decimals), the low-quality rate like the anomaly rate.
     assert verdict["anomaly_rate"] == pytest.approx(sum(anomalous) / n, abs=0.005)  # its own flag, untouched by the gate
     assert verdict["low_quality_rate"] == pytest.approx(2 / n, abs=0.005)
-    assert verdict["low_quality"] == {"blur": 2, "blocky": 0, "tiny_face": 0}
+    assert verdict["low_quality"] == {"blur": 2, "blocky": 0, "tiny_face": 0, "no_face": 0}
     assert verdict["tracks"]["0"]["low_quality_rate"] == pytest.approx(2 / n, abs=0.005)
     assert "low_quality" in verdict["evidence"] and verdict["faces_scored"] == n
     # A live source's window marks the same crops (a "q" on the member's index); its alerts take their rate from it.
@@ -165,8 +173,66 @@ def test_eval_counts_ood_crops_flagged_or_gated_and_the_gate_takes_all_of_heavy_
     sets = ood_sets(clean, n=len(clean), seed=0)
     none = np.zeros(len(clean), bool)
     assert gated_rates(clean, none)["gated_rate"] == 0.0
-    assert gated_rates(sets["blur"], none) == {"gated_rate": 1.0, "flagged_or_gated_rate": 1.0}
+    assert gated_rates(sets["blur"], none) == {"gated_rate": 1.0, "no_face_rate": 0.0, "flagged_or_gated_rate": 1.0}
     flagged = np.arange(len(clean)) % 2 == 0
     r = gated_rates(sets["noise"], flagged)
     gated = np.array([bool(x) for x in low_quality(sets["noise"], None, None, DEFAULTS)])
     assert r["flagged_or_gated_rate"] == pytest.approx(float((gated | flagged).mean()))
+
+
+def _patches(n: int) -> np.ndarray:
+    from trainer.ood import non_face_patches
+
+    return non_face_patches(n, SIZE, seed=3)
+
+
+@pytest.mark.parametrize("detector", ["blazeface", "haar"])
+def test_the_face_check_marks_non_face_patches_no_face_and_passes_synthetic_face_crops(faces, detector):
+    check = face_checker(detector)
+    crops = np.stack([c.image for _, c in faces])
+    assert check(crops).all()  # every generated face crop shows a face to both detectors
+    reasons = low_quality(crops, None, None, DEFAULTS, check(crops))
+    assert reasons == [()] * len(faces), reasons
+    patches = _patches(10)  # cat, coffee, rocket, coins, bricks, grass, ... (skimage's sample images)
+    marked = ["no_face" in r for r in low_quality(patches, None, None, DEFAULTS, check(patches))]
+    # Measured on these 10 patches: Haar finds a face in none, BlazeFace in 3 (coffee, coins, Hubble deep field).
+    assert sum(marked) >= (10 if detector == "haar" else 7), marked
+    # A flat grey square has nothing to find.
+    flat = np.full((1, SIZE, SIZE, 3), 128, np.uint8)
+    assert "no_face" in low_quality(flat, None, None, DEFAULTS, check(flat))[0]
+
+
+def test_the_face_check_runs_by_default_only_in_whole_frame_mode():
+    auto = QualitySettings()
+    assert auto.face_check == "auto"
+    assert face_check_on(auto, "none") and not face_check_on(auto, "blazeface") and not face_check_on(auto, "haar")
+    assert face_check_on(QualitySettings(face_check="on"), "blazeface")
+    assert not face_check_on(QualitySettings(face_check="off"), "none")
+    assert not face_check_on(QualitySettings(enabled=False, face_check="on"), "none")  # the gate off: no check either
+    with pytest.raises(ValueError):
+        QualitySettings(face_check="always")
+
+
+def test_detect_in_whole_frame_mode_marks_frames_without_a_face_no_face(r, redis_url, prefix, tmp_path, faces,
+                                                                        models64):  # fmt: skip
+    """faces.detector = "none": the crops are whole frames; the worker's face check marks those showing no face."""
+    import shutil
+
+    shutil.copytree(models64, tmp_path / "models", symlinks=True)
+    settings = load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "models", log_format="json",
+                             redis={"url": redis_url, "prefix": prefix}, faces={"detector": "none"},
+                             detect={"block_ms": 50, "providers": ["CPUExecutionProvider"]})  # fmt: skip
+    frames = [cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f, _ in faces[:4]]  # whole frames, 320x240
+    images = np.concatenate([np.stack(frames), _patches(5)[[0, 2, 4]]])  # cat, rocket, bricks: no face to BlazeFace
+    n = len(images)
+    whole = [[0, 0, 320, 240]] * n
+    batch = FrameBatch(source="nf-file", seq=0, images=images, frame_index=list(range(n)), pts=[i / 10 for i in range(n)],
+                       wall=[time.time()] * n, box=whole, track=[0] * n, region=whole, frame_size=(320, 240))  # fmt: skip
+    _, verdict, result = _detect_file(r, settings, Keys(prefix), batch)
+    assert [("no_face" in q) for q in result["low_quality"]] == [False] * 4 + [True] * 3, result["low_quality"]
+    assert verdict["low_quality"]["no_face"] == 3
+    assert verdict["low_quality_rate"] == pytest.approx(3 / n, abs=0.005)
+    # Face mode (the default detector): the crops came from a detector, the worker does not check again.
+    face_mode = load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "models",
+                              redis={"url": redis_url, "prefix": prefix + "f"})  # fmt: skip
+    assert not face_check_on(face_mode.quality, face_mode.faces.detector)

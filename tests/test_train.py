@@ -38,8 +38,16 @@ def test_metrics_hold_per_epoch_curves_and_test_numbers_from_the_data(trained):
     assert [h["epoch"] for h in hist] == list(range(1, 13))
     assert [h["phase"] for h in hist] == ["gan"] * 10 + ["adv"] * 2
     for h in hist:
-        for k in ("clean_auc", "log_loss", "pgd_success", "anomaly_detection_rate"):
+        for k in ("clean_auc", "log_loss", "pgd_success", "pooled_detection_rate", "pooled_fpr_val", "val_s"):
             assert k in h and (h[k] is None or 0 <= h[k] <= 10), (k, h)
+    # The curve scores what ships: the shipped defence, fitted on every 5th clean epoch (the fixture's
+    # val_defence_every), the last clean one and every adversarial one, flags the epoch's PGD examples and a
+    # share of clean validation crops near its 5% FPR.
+    fitted = [h["epoch"] for h in hist if "defence_detection_rate" in h]
+    assert fitted == [5, 10, 11, 12], fitted
+    for h in hist:
+        if h["epoch"] in fitted:
+            assert 0 <= h["defence_detection_rate"] <= 1 and 0 <= h["defence_fpr_val"] <= 0.2 and h["defence_fit_s"] > 0, h
     # The adversarial phase trains at a positive radius, rising with the curriculum.
     assert 0 < hist[10]["train_eps"] <= hist[11]["train_eps"]
     adv, std = metrics["test"]["adversarially_trained"], metrics["test"]["standard"]
@@ -48,10 +56,21 @@ def test_metrics_hold_per_epoch_curves_and_test_numbers_from_the_data(trained):
         rates = [model["pgd"][k]["success_rate"] for k in ("1/255", "2/255", "4/255", "8/255")]
         assert all(0 <= r <= 1 for r in rates)
         assert rates[-1] >= rates[0]  # a larger radius is never weaker
+    ood = metrics["test"]["ood_detection"]
+    assert set(ood) >= {"non_face", "noise", "blur", "cartoon", "all"}
+    # The OOD table scores what ships: flagged by the shipped defence or gated (quality gate + face check of
+    # the crop detector); the pooled scorer's numbers stay beside it, labelled.
+    assert ood["defence"] == metrics["config"]["defence"] and ood["face_check"] == "haar"
+    for name in ("non_face", "noise", "blur", "cartoon"):
+        row = ood["by_set"][name]
+        assert ood[name] == row["flagged_or_gated_rate"]
+        assert max(row["flagged_rate"], row["gated_rate"]) <= row["flagged_or_gated_rate"] <= row["flagged_rate"] + row["gated_rate"]
+    assert ood["by_set"]["blur"]["gated_rate"] == 1.0  # heavy blur: the gate takes all of it
+    assert ood["by_set"]["non_face"]["no_face_rate"] > 0.9  # Haar finds no face in natural-image patches
+    assert ood["clean_gated_rate"] < 0.05 and set(ood["pooled_scorer_flagged"]) >= {"non_face", "all", "clean_test_fpr"}
     # Obvious swaps: even this short run separates REAL from FAKE on held-out videos.
     assert adv["clean_video_auc"] > 0.75, adv
     assert metrics["parity"]["max_abs_diff"] < 1e-4
-    assert set(metrics["test"]["ood_detection"]) >= {"non_face", "noise", "blur", "cartoon", "all"}
     # Numbers come from the data: the test split's size matches the crops on disk.
     assert adv["frames"] == metrics["data"]["test_crops"]
 

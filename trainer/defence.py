@@ -14,6 +14,7 @@ ONNX Runtime to the export's parity tolerance.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -74,8 +75,11 @@ def track_means(scores: np.ndarray, video: np.ndarray) -> np.ndarray:
 
 
 def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, val: CropSet, *, fpr: float = 0.05,
-                 seed: int = 0, train_limit: int = 2048) -> dict[str, Defence]:  # fmt: skip
-    """Every candidate of :data:`CANDIDATES`, fitted and calibrated on train/validation crops (eval mode ``D``)."""
+                 seed: int = 0, train_limit: int = 2048, names: Sequence[str] | None = None) -> dict[str, Defence]:  # fmt: skip
+    """Every candidate of :data:`CANDIDATES` (or those in ``names``: only their squeezers' model passes run),
+    fitted and calibrated on train/validation crops (eval mode ``D``)."""
+    chosen = {k: v for k, v in CANDIDATES.items() if names is None or k in names}
+    used = tuple(n for n in SQUEEZERS if any(n in sq for _, _, sq in chosen.values()))
     net = WithChannelStats(D).eval()
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(len(train))[:train_limit])
@@ -83,9 +87,9 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
     # The pooled score whose change under squeezing is measured: standardized mean of layer scores.
     layer = pooled.layer_scores(train_inf.features)
     pw = 1.0 / (layer.shape[1] * np.maximum(layer.std(axis=0), 1e-12))
-    names = [f"ms{l}" for l in range(len(train_inf.features))]
-    channel = fit_mahalanobis(channel_features(train_inf), train.labels[idx], layer_names=names)
-    full = Defence(blocks=BLOCKS, channel=channel, squeezers=tuple(SQUEEZERS), pooled_weights=pw,
+    layers = [f"ms{l}" for l in range(len(train_inf.features))]
+    channel = fit_mahalanobis(channel_features(train_inf), train.labels[idx], layer_names=layers)
+    full = Defence(blocks=BLOCKS, channel=channel, squeezers=used, pooled_weights=pw,
                    pooled_bias=-float(layer.mean(axis=0) @ pw), weights=np.zeros(0), bias=0.0)  # fmt: skip
 
     gen = torch.Generator().manual_seed(seed)
@@ -99,12 +103,12 @@ def fit_defences(D: Discriminator, pooled: MahalanobisScorer, train: CropSet, va
     }
     feats = {k: crop_features(full, pooled, net, v) for k, v in sets.items()}
     # Column ranges of each block in the full feature vector.
-    widths = {"pooled": len(pooled.layer_names), "channel": len(names), "squeeze": 2 * len(SQUEEZERS)}
+    widths = {"pooled": len(pooled.layer_names), "channel": len(layers), "squeeze": 2 * len(used)}
     start = dict(zip(BLOCKS, np.cumsum([0, *[widths[b] for b in BLOCKS]])))
     out = {}
     pos_video = {**{f"fgsm{e}": val.video for e in FIT_EPS}, "generic": generic_positive_videos(val.video)}
-    sq_cols = {n: start["squeeze"] + 2 * j + np.arange(2) for j, n in enumerate(SQUEEZERS)}
-    for name, (blocks, ood_positives, squeezers) in CANDIDATES.items():
+    sq_cols = {n: start["squeeze"] + 2 * j + np.arange(2) for j, n in enumerate(used)}
+    for name, (blocks, ood_positives, squeezers) in chosen.items():
         cols = np.concatenate([np.arange(start[b], start[b] + widths[b]) for b in blocks if b != "squeeze"]
                               + [sq_cols[n] for n in squeezers]).astype(int)  # fmt: skip
         pos_sets = [*(f"fgsm{e}" for e in FIT_EPS), *(["generic"] if ood_positives else [])]

@@ -18,7 +18,8 @@
 - the shipped defence's detection rate and AUROC (clean test crops vs adversarial) per attack and
   for the OOD sets (the pooled scorer's numbers stay beside them for comparison), and per OOD set
   the share flagged (by the shipped defence when there is one) or marked low_quality by the
-  input-quality gate ("flagged or gated", issue 17);
+  input-quality gate with the face check of the model's crop detector (``no_face``): "flagged or
+  gated", issue 17;
 - sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
   eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
   black-box (HopSkipJump, Square) <= white-box, input gradients are not zero.
@@ -42,6 +43,7 @@ from torch import nn
 
 from forensics.errors import AttackError
 from forensics.logs import get_logger
+from forensics.quality import face_check_detector, face_checker
 from forensics.registry import Registry
 from forensics.scoring import MahalanobisScorer
 from trainer import attacks
@@ -92,8 +94,12 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
                    generator_samples: int = 1000, defences: dict | None = None,
                    shipped_defence: str | None = None, square_images: int | None = None,
                    square_tracks: int | None = None, square_queries: int = SQUARE_QUERIES,
-                   adaptive_frames: int | None = None, adaptive_tracks: int | None = None) -> dict[str, Any]:  # fmt: skip
+                   adaptive_frames: int | None = None, adaptive_tracks: int | None = None,
+                   crop_detector: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Everything of :func:`evaluate` on given objects. ``query`` maps float32 NCHW to logits [N].
+
+    ``crop_detector``: the face detector the model's crops were made with (manifest); the OOD table's
+    face check (``no_face``) runs it (:func:`forensics.quality.face_check_detector`: BlazeFace if None).
 
     ``generator`` (the version's DCGAN generator, optional): ``generator_samples`` samples are
     compared by SSIM with their nearest REAL test crops, from clean and adversarial latents.
@@ -241,6 +247,10 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
     on = ood_n if ood_n is not None else (32 if quick else 200)
     ood: dict[str, Any] = {}
     ood_scores: dict[str, np.ndarray] = {}
+    # Gated as served: the quality gate plus the face check of the model's crop detector. In whole-frame
+    # mode the worker runs it (quality.face_check "auto"); in face mode the ingest detector ran before
+    # the crop existed, so a crop it finds no face in is one face mode would not have cut.
+    face_check = face_checker(crop_detector)
     for name, imgs in ood_sets(test.images, n=min(on, len(test)), seed=seed + 2).items():
         _, f = predict(model, as_float_tensor(imgs))
         s = scorer.score(f)
@@ -251,8 +261,11 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
             ood_scores[name] = defence_score(imgs)
             ood[name]["defence"] = _detection(ood_scores[name], defence_clean, shipped.threshold)
             flagged = ood_scores[name] > shipped.threshold
-        ood[name].update(gated_rates(imgs, flagged))  # the target: OOD flagged (by what ships) or gated
-    clean["clean_gated_rate"] = gated_rates(test.images, np.zeros(len(test), bool))["gated_rate"]
+        # the target: OOD flagged (by what ships) or gated
+        ood[name].update(gated_rates(imgs, flagged, has_face=face_check(imgs)))
+        ood[name]["face_check"] = face_check_detector(crop_detector)
+    clean["clean_gated_rate"] = gated_rates(test.images, np.zeros(len(test), bool),
+                                            has_face=face_check(test.images))["gated_rate"]  # fmt: skip
 
     result: dict[str, Any] = {
         "clean": clean,
@@ -377,6 +390,7 @@ def evaluate(models_dir, version, data_dirs, *, out_dir=None, seed: int = 0, max
         kwargs.setdefault("shipped_defence", "shipped (defence.npz)")
     onnx = OnnxDiscriminator(art.model_path, intra_op_threads=1)
     scorer = MahalanobisScorer.load(art.scorer_path)
+    kwargs.setdefault("crop_detector", art.manifest.get("preprocessing", {}).get("crop", {}).get("detector"))
     result = run_evaluation(model, lambda xs: onnx.run_float(xs).logits, scorer, art.manifest["thresholds"], test,
                             seed=seed, max_fakes=max_fakes, quick=quick, **kwargs)  # fmt: skip
     result["version"] = art.version

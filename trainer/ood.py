@@ -1,8 +1,9 @@
 """Out-of-distribution crops for testing the anomaly scorer: things that are not clean face crops.
 
-All functions return uint8 [N, S, S, 3] RGB, deterministic for a seed. :func:`gated_rates` says how
-many of a set the input-quality gate (forensics.quality) marks low_quality, alone and together
-with the anomaly detector's flags: what the eval's OOD table reports ("flagged or gated").
+The sets are uint8 [N, S, S, 3] RGB, deterministic for a seed. :func:`gated_rates` says how many of
+a set the input-quality gate (forensics.quality) marks low_quality, alone and together with the
+anomaly detector's flags: what the eval's and the trainer's OOD tables report ("flagged or gated":
+flagged by the shipped defence or gated, the face check included, :func:`ood_flagged_or_gated`).
 
 Categories (see :func:`ood_sets`): ``non_face`` (patches of natural images that packages ship:
 cats, coffee, rockets, coins, bricks, grass), ``noise`` (clean crops under heavy Gaussian
@@ -90,14 +91,31 @@ def ood_sets(clean: np.ndarray, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def gated_rates(images: np.ndarray, flagged: np.ndarray, quality: QualitySettings | None = None) -> dict[str, float]:
-    """Shares of uint8 [N, S, S, 3] crops the quality gate marks low_quality (``gated_rate``) and that
-    are anomalous (``flagged`` bool [N]) or low_quality (``flagged_or_gated_rate``); crops taken
+def gated_rates(images: np.ndarray, flagged: np.ndarray, quality: QualitySettings | None = None,
+                has_face: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
+    """Shares of uint8 [N, S, S, 3] crops the quality gate marks low_quality (``gated_rate``), that it
+    marks ``no_face`` (``no_face_rate``; with ``has_face``, the face check's bool [N], else not checked)
+    and that are anomalous (``flagged`` bool [N]) or low_quality (``flagged_or_gated_rate``); crops taken
     1:1 (no region) and without a face box (no tiny_face), at the gate's defaults unless ``quality``."""
-    gated = np.array([bool(r) for r in low_quality(images, None, None, quality or QualitySettings())], bool)
+    reasons = low_quality(images, None, None, quality or QualitySettings(), has_face)
+    gated = np.array([bool(r) for r in reasons], bool)
     if not len(gated):
-        return {"gated_rate": float("nan"), "flagged_or_gated_rate": float("nan")}
-    return {"gated_rate": float(gated.mean()), "flagged_or_gated_rate": float((gated | np.asarray(flagged, bool)).mean())}
+        return {"gated_rate": float("nan"), "no_face_rate": float("nan"), "flagged_or_gated_rate": float("nan")}
+    return {"gated_rate": float(gated.mean()), "no_face_rate": float(np.mean(["no_face" in r for r in reasons])),
+            "flagged_or_gated_rate": float((gated | np.asarray(flagged, bool)).mean())}  # fmt: skip
+
+
+def ood_flagged_or_gated(sets: dict[str, np.ndarray], score, threshold: float, face_check=None,
+                         quality: QualitySettings | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Per OOD set: ``flagged_rate`` (``score``: uint8 crops -> float64 [N] of the shipped detector, over
+    ``threshold``), the gate's rates and ``flagged_or_gated_rate`` (:func:`gated_rates`), with the face
+    check ``face_check`` (uint8 crops -> bool [N]; None: no ``no_face``)."""
+    out = {}
+    for name, imgs in sets.items():
+        flagged = np.asarray(score(imgs)) > threshold
+        has_face = face_check(imgs) if face_check is not None else None
+        out[name] = {"flagged_rate": float(flagged.mean()), **gated_rates(imgs, flagged, quality, has_face)}
+    return out
 
 
 def scorer_fit_positives(clean: np.ndarray, seed: int = 0) -> np.ndarray:

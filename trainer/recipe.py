@@ -40,6 +40,9 @@ class TrainConfig:
     eval_eps: float = 4 / 255
     eval_pgd_steps: int = 10
     eval_subset: int = 256  # validation crops attacked per epoch
+    # The per-epoch curve fits the shipped defence on every adversarial epoch and on every k-th clean epoch
+    # and the last one (a fit costs about one clean epoch; issue 17, README "Adversarial training"); 1: every epoch.
+    val_defence_every: int = 3
     val_share: float = 0.15
     test_share: float = 0.2
     anomaly_fpr: float = 0.05

@@ -116,7 +116,7 @@ def write_eval_report(trainer: Trainer, version: str, vdir: Path, D: Discriminat
     result = run_evaluation(D, lambda xs: onnx.run_float(xs).logits, scorer, thresholds, trainer.crops["test"],
                             seed=trainer.cfg.seed, quick=True, generator=trainer.G.eval(),
                             defences=trainer.defences, shipped_defence=trainer.cfg.defence,
-                            **{**TRAIN_REPORT, **trainer.cfg.report_budget})  # fmt: skip
+                            crop_detector=trainer.cfg.crop_detector, **{**TRAIN_REPORT, **trainer.cfg.report_budget})  # fmt: skip
     result["version"] = version
     write_report(result, trainer.history, vdir / "report" / "eval")
     trainer.timings["eval_s"] = time.monotonic() - t0

@@ -36,6 +36,11 @@ def _img(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(arr).transpose(1, 2, 0), 0, 1)
 
 
+def _pooled(h: dict) -> float:
+    """An epoch row's pooled-scorer detection rate (``anomaly_detection_rate`` in histories before issue 17)."""
+    return h.get("pooled_detection_rate", h.get("anomaly_detection_rate", float("nan")))
+
+
 def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str, str]:
     import matplotlib
 
@@ -129,7 +134,11 @@ def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str
     ep = [h for h in history if "pgd_success" in h]
     if ep:
         ax.plot([h["epoch"] for h in ep], [h["pgd_success"] for h in ep], "o-", label="PGD success (val)")
-        ax.plot([h["epoch"] for h in ep], [h.get("anomaly_detection_rate", float("nan")) for h in ep], "s-",
+        fit = [h for h in ep if "defence_detection_rate" in h]  # issue 17: epochs the shipped defence was fitted on
+        if fit:
+            ax.plot([h["epoch"] for h in fit], [h["defence_detection_rate"] for h in fit], "s-",
+                    label="shipped defence detection rate (val)")  # fmt: skip
+        ax.plot([h["epoch"] for h in ep], [_pooled(h) for h in ep], "x:", alpha=0.6,
                 label="pooled-scorer detection rate (val)")  # fmt: skip
         p4 = (rows.get("pgd@4/255") or {}).get("defence")
         if p4:  # what ships, measured once on the test split after training
@@ -145,9 +154,17 @@ def _figures(result: dict[str, Any], history: list[dict], out: Path) -> dict[str
     if ep:
         text = (
             f"PGD success on validation fakes fell from {_fmt(ep[0]['pgd_success'])} after epoch {ep[0]['epoch']} "
-            f"to {_fmt(ep[-1]['pgd_success'])} after epoch {ep[-1]['epoch']}, while the pooled Mahalanobis scorer flagged "
-            f"{_fmt(ep[0].get('anomaly_detection_rate'))} then {_fmt(ep[-1].get('anomaly_detection_rate'))} of them."
+            f"to {_fmt(ep[-1]['pgd_success'])} after epoch {ep[-1]['epoch']}"
         )
+        if fit:
+            text += (f", while the shipped defence (fitted as after training on the model of epochs "
+                     f"{', '.join(str(h['epoch']) for h in fit)}) flagged {_fmt(fit[0]['defence_detection_rate'])} after "
+                     f"epoch {fit[0]['epoch']} and {_fmt(fit[-1]['defence_detection_rate'])} after epoch {fit[-1]['epoch']} "
+                     f"of them, at {_fmt(fit[-1].get('defence_fpr_val'))} of clean validation crops (the pooled "
+                     f"Mahalanobis scorer: {_fmt(_pooled(ep[0]))} then {_fmt(_pooled(ep[-1]))}).")  # fmt: skip
+        else:  # histories from before issue 17 hold only the pooled scorer's curve
+            text += (f", while the pooled Mahalanobis scorer flagged {_fmt(_pooled(ep[0]))} then "
+                     f"{_fmt(_pooled(ep[-1]))} of them.")  # fmt: skip
         p4 = (rows.get("pgd@4/255") or {}).get("defence")
         if p4:
             text += (f" The shipped second line (defence.npz, fitted after training) flags {_fmt(p4['detection_rate'])} "

@@ -55,16 +55,22 @@ def adaptive_steps_figure(d: dict[str, Any] | None, plt, save) -> None:
 
 
 def ood_table(ood: dict[str, Any], clean_gated: float | None) -> list[str]:
-    """Out-of-distribution sets: flagged by the detector, marked low_quality by the gate, either (target >= 90%)."""
+    """Out-of-distribution sets: flagged by the detector, marked low_quality by the gate (no_face among
+    its reasons), either (target >= 90%)."""
     if not ood:
         return []
     e = html.escape
     rows = "".join(f"<tr><td>{e(k)}</td><td>{pct(detection(v)['detection_rate'])}</td><td>{pct(v.get('gated_rate'))}</td>"
-                   f"<td>{pct(v.get('flagged_or_gated_rate'))}</td></tr>" for k, v in ood.items())  # fmt: skip
+                   f"<td>{pct(v.get('no_face_rate'))}</td><td>{pct(v.get('flagged_or_gated_rate'))}</td></tr>"
+                   for k, v in ood.items())  # fmt: skip
+    check = next((v["face_check"] for v in ood.values() if v.get("face_check")), None)
+    face = (f"; no face: the face check ({e(check)}, the detector the model's crops were made with) finds no face in the "
+            "crop, which the detect worker marks <code>no_face</code> in whole-frame mode and face mode's ingest would not "
+            "have cut") if check else ""  # fmt: skip
     return [("<h2>Out-of-distribution crops</h2><p>Flagged: anomalous by the detector of the attack table; gated: marked "
-            f"low_quality by the input-quality gate at its defaults (it marks {pct(clean_gated)} of clean test crops). "
+            f"low_quality by the input-quality gate at its defaults (it marks {pct(clean_gated)} of clean test crops){face}. "
             "Target: flagged or gated &ge; 90%.</p><table><tr><th>set</th><th>flagged</th><th>gated</th>"
-            f"<th>flagged or gated</th></tr>{rows}</table>")]  # fmt: skip
+            f"<th>of which no face</th><th>flagged or gated</th></tr>{rows}</table>")]  # fmt: skip
 
 
 def query_section(result: dict[str, Any]) -> list[str]:

@@ -9,10 +9,12 @@ Pipeline of ``forensics train --data DIR``:
    trainer/adversarial.py) on examples made against the current D, with the L-inf radius raised
    over the phase (``eps_schedule``) and, optionally, a wall-clock budget (``adv_time_s``);
 4. after every epoch, on the validation split: clean AUC and log loss, PGD success rate, and the
-   Mahalanobis detector's detection rate on those adversarial examples at 5% false positives;
+   shipped defence's detection rate on those adversarial examples and its clean false-positive rate
+   (fitted on the epoch's model as after training), the pooled Mahalanobis scorer's beside them;
 5. fit the Mahalanobis scorer on clean train features, its layer weights and threshold on
    validation data; calibrate the decision thresholds on validation data;
-6. evaluate the final model and the undefended (end of GAN phase) model on the held-out test split;
+6. evaluate the final model and the undefended (end of GAN phase) model on the held-out test split,
+   and the out-of-distribution sets flagged by the shipped defence or gated (quality gate + face check);
 7. export to ONNX with a parity check, write scorer.npz, report/metrics.json and the manifest.
 
 Runs single-process or under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
@@ -32,6 +34,7 @@ from torch import nn
 
 from forensics.errors import ConfigError
 from forensics.logs import get_logger
+from forensics.quality import face_check_detector, face_checker
 from forensics.scoring import calibrate_threshold
 from trainer import attacks
 from trainer.adversarial import AdversarialPhase, eps_at
@@ -46,18 +49,19 @@ from trainer.data import (
     training_transform,
 )
 from trainer.defence import CANDIDATES as DEFENCE_CANDIDATES
-from trainer.defence import clean_rates, fit_defences
+from trainer.defence import clean_rates, crop_features, fit_defences, to_uint8
 from trainer.distributed import Dist, init_distributed, seed_everything
 from trainer.heldout import heldout_metrics
 from trainer.metrics import balanced_threshold, log_loss, logit, predict, roc_auc, sigmoid
 from trainer.models import (
     Discriminator,
     LogitsOnly,
+    WithChannelStats,
     build_detector,
     build_generator,
     warm_up_spectral_norm,
 )
-from trainer.ood import ood_sets
+from trainer.ood import gated_rates, ood_flagged_or_gated, ood_sets
 from trainer.recipe import TrainConfig
 from trainer.registration import register
 from trainer.sbi import self_blended_dataset
@@ -271,7 +275,13 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------
     def validate(self, model: Discriminator, eps: float) -> dict[str, float]:
+        """The epoch's row: clean AUC and log loss on validation crops; PGD on the fixed subset's detected
+        fakes; what the shipped defence (``cfg.defence``, fitted on this epoch's model, train and validation
+        crops as after training) flags of those examples and of clean validation crops; the pooled
+        Mahalanobis scorer's rates beside it (``pooled_*``, the curve before issue 17); ``val_s``: seconds.
+        The defence is fitted (``defence_*`` keys) on the epochs :meth:`_fit_defence_now` picks."""
         cfg = self.cfg
+        t0 = time.monotonic()
         logits, feats = predict(model, self.val_x)
         probs = sigmoid(logits)
         row = {"clean_auc": roc_auc(probs, self.val_y), "log_loss": log_loss(probs, self.val_y)}
@@ -280,6 +290,16 @@ class Trainer:
         scorer = fit_scorer(model, self.crops["train"], seed=self.cfg.seed)
         combined = scorer.score(feats)
         cut = calibrate_threshold(combined, fpr=cfg.anomaly_fpr)
+        # The shipped defence, fitted exactly as after training but on this epoch's model; its threshold
+        # was set on out-of-fold scores of these clean validation crops, so defence_fpr_val is in-sample.
+        defence, net = None, WithChannelStats(model).eval()
+        if self._fit_defence_now():
+            t_fit = time.monotonic()
+            defence = fit_defences(model, scorer, self.crops["train"], self.crops["val"], fpr=cfg.anomaly_fpr,
+                                   seed=cfg.seed, names=[cfg.defence])[cfg.defence]  # fmt: skip
+            row["defence_fit_s"] = time.monotonic() - t_fit
+            d_clean = defence.combine(crop_features(defence, scorer, net, self.crops["val"].images))
+            row["defence_fpr_val"] = float((d_clean > defence.threshold).mean())
         # PGD against the fixed subset's fakes that the model detects at the calibrated threshold.
         sub = self.val_sub.numpy()
         fakes = sub[(self.val_y[sub] == 1) & (probs[sub] > thr)]
@@ -291,11 +311,22 @@ class Trainer:
             adv_logits, adv_feats = predict(model, x_adv)
             fooled = adv_logits <= logit(thr)
             row["pgd_success"] = float(fooled.mean())
+            if defence is not None:  # the defence scores uint8 crops, as a worker receives them
+                d_adv = defence.combine(crop_features(defence, scorer, net, to_uint8(x_adv))) > defence.threshold
+                row["defence_detection_rate"] = float(d_adv.mean())
+                row["defence_detection_rate_fooling"] = float(d_adv[fooled].mean()) if fooled.any() else float("nan")
             adv_scores = scorer.score(adv_feats)
-            row["anomaly_detection_rate"] = float((adv_scores > cut).mean())
-            row["anomaly_detection_rate_fooling"] = float((adv_scores[fooled] > cut).mean()) if fooled.any() else float("nan")
-        row["anomaly_fpr_val"] = float((combined > cut).mean())
+            row["pooled_detection_rate"] = float((adv_scores > cut).mean())
+            row["pooled_detection_rate_fooling"] = float((adv_scores[fooled] > cut).mean()) if fooled.any() else float("nan")
+        row["pooled_fpr_val"] = float((combined > cut).mean())
+        row["val_s"] = time.monotonic() - t0
         return row
+
+    def _fit_defence_now(self) -> bool:
+        """Whether this epoch's row fits the shipped defence: every adversarial epoch (the phase whose model
+        ships), and every ``val_defence_every``-th clean epoch and the last one (a fit costs about a clean epoch)."""
+        k, e = self.cfg.val_defence_every, self.epoch + 1
+        return self.epoch >= self.gan_epochs or k <= 1 or e % k == 0 or e == self.gan_epochs
 
     # -- whole run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -385,20 +416,29 @@ class Trainer:
         adv_m, std_m = metrics["adversarially_trained"], metrics["standard"]
         metrics["clean_auc_drop"] = std_m["clean_frame_auc"] - adv_m["clean_frame_auc"]
 
-        # Out-of-distribution crops (kinds never used for fitting) against the scorer.
+        # Out-of-distribution crops (kinds never used for fitting), scored as served: flagged by the shipped
+        # defence or gated by the quality gate with the face check of the model's crop detector (issue 17).
+        # The pooled scorer's rates (the table before issue 17) stay beside them, labelled.
         ood = ood_sets(test.images, n=min(200, len(test)), seed=cfg.seed + 2)
-        _, feats_test = predict(D, x_test)
-        clean_flag = scorer.score(feats_test) > anomaly_thr
-        ood_rates = {}
-        for name, imgs in ood.items():
-            _, f = predict(D, as_float_tensor(imgs))
-            ood_rates[name] = float((scorer.score(f) > anomaly_thr).mean())
-        metrics["ood_detection"] = {**ood_rates, "all": float(np.mean(list(ood_rates.values()))),
-                                    "clean_test_fpr": float(clean_flag.mean())}  # fmt: skip
+        net = WithChannelStats(D).eval()
+        face_check = face_checker(cfg.crop_detector)
+        by_set = ood_flagged_or_gated(ood, lambda imgs: shipped.combine(crop_features(shipped, scorer, net, imgs)),
+                                      shipped.threshold, face_check)  # fmt: skip
+        rates = {k: v["flagged_or_gated_rate"] for k, v in by_set.items()}
+        defence_clean = clean_rates(shipped, scorer, D, test)
+        pooled = {k: float((scorer.score(predict(D, as_float_tensor(v))[1]) > anomaly_thr).mean()) for k, v in ood.items()}
+        pooled_clean = float((scorer.score(predict(D, x_test)[1]) > anomaly_thr).mean())
+        metrics["ood_detection"] = {
+            **rates, "all": float(np.mean(list(rates.values()))), "by_set": by_set, "defence": cfg.defence,
+            "face_check": face_check_detector(cfg.crop_detector),
+            "clean_test_fpr": defence_clean["crop"],
+            "clean_gated_rate": gated_rates(test.images, np.zeros(len(test), bool), has_face=face_check(test.images))["gated_rate"],
+            "pooled_scorer_flagged": {**pooled, "all": float(np.mean(list(pooled.values()))), "clean_test_fpr": pooled_clean},
+        }  # fmt: skip
 
         # Issue 17: how the thresholds were set, their bootstrap spread, the shipped defence's clean test rates.
         metrics["calibration"] = {"scorer": scorer_calibration, "defence": shipped.calibration,
-                                  "defence_clean_test_fpr": clean_rates(shipped, scorer, D, test)}  # fmt: skip
+                                  "defence_clean_test_fpr": defence_clean}  # fmt: skip
         thresholds = {"frame_prob": frame_thr, "video_prob": video_thr, "anomaly": anomaly_thr,
                       "anomaly_fpr": cfg.anomaly_fpr, "defence_crop": shipped.threshold,
                       "defence_track": shipped.track_threshold}  # fmt: skip

@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ from forensics.logs import get_logger
 from forensics.model import CropScores, LoadedModel, load_model
 from forensics.modelwatch import ModelWatch
 from forensics.outage import REDIS_DOWN, Outage
-from forensics.quality import low_quality
+from forensics.quality import face_check_on, face_checker, low_quality
 from forensics.redact import redact
 from forensics.registry import Registry
 from forensics.streams import (
@@ -297,7 +298,10 @@ class DetectWorker(Publishing):
         assert self.model is not None
         if b.kind == "frames" and scores is None:
             raise ForensicsError(f"batch {b.source}/{b.seq} was not scored")
-        records = crop_records(b, scores, self.settings.quality) if scores is not None else []
+        # no_face: only where nothing guarantees a face (quality.face_check; a detector call per crop)
+        check = face_check_on(self.settings.quality, self.settings.faces.detector)
+        face_check = face_checker(self.model.crop_detector) if check else None
+        records = crop_records(b, scores, self.settings.quality, face_check) if scores is not None else []
         if b.kind == "frames":
             if b.source_kind == "file":
                 self._keep_evidence(b, records, picks(records))
@@ -315,10 +319,12 @@ class DetectWorker(Publishing):
         return total_backlog(self.r, self.keys)
 
 
-def crop_records(b: FrameBatch, s: CropScores, quality: QualitySettings | None = None) -> list[CropRecord]:
+def crop_records(b: FrameBatch, s: CropScores, quality: QualitySettings | None = None,
+                 face_check: Callable[[np.ndarray], np.ndarray] | None = None) -> list[CropRecord]:  # fmt: skip
     """One record per crop of a decoded batch and its scores; with ``quality``, each carries the
-    input-quality gate's reasons (forensics/quality.py)."""
-    lq = low_quality(b.images, b.box, b.region or None, quality) if quality is not None else [()] * len(b)
+    input-quality gate's reasons (forensics/quality.py), ``no_face`` among them with ``face_check``."""
+    has_face = face_check(b.images) if face_check is not None and quality is not None and quality.enabled and len(b) else None
+    lq = low_quality(b.images, b.box, b.region or None, quality, has_face) if quality is not None else [()] * len(b)
     return [
         CropRecord(b.frame_index[i], b.pts[i], b.track[i], float(s.fake_prob[i]), float(s.anomaly[i]),
                    bool(s.anomalous[i]), b.box[i], lq[i])
