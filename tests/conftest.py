@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import uuid
@@ -33,20 +34,40 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"the test Redis password was printed: {', '.join(leaked)}"
 
 
-@pytest.hookimpl(tryfirst=True)
+def _session_model_modules() -> set[str]:
+    """Test modules (as in node ids) with a test or fixture that takes the session model ``trained``:
+    read from the source, because xdist's scheduler runs in the controller, which does not collect."""
+    takes_model = re.compile(r"^\s*def \w+\([^)]*\btrained\b", re.MULTILINE)
+    tests = ROOT / "tests"
+    return {f"tests/{p.name}" for p in tests.glob("test_*.py") if takes_model.search(p.read_text())}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs `pytest -n auto --dist loadscope`: each test module runs whole on one worker
+    (its module fixtures are built once), and every module that uses the session model runs on the
+    same worker, so that model is trained once while the other worker runs the rest of the suite.
+    (xdist's own `loadgroup` marks do not take effect with pytest 9: it rewrites a node id field
+    pytest no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    model_modules = _session_model_modules()
+
+    class SessionModelScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "session-model" if module in model_modules else module
+
+    return SessionModelScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`): each test module runs whole on
-    one worker (its module fixtures are built once), and every module that uses the session model
-    (`trained`) runs on the same worker, so that model is trained once while the other worker runs
-    the rest of the suite."""
-    grouped = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup"
-    uses_model = {item.nodeid.split("::")[0] for item in items if "trained" in getattr(item, "fixturenames", ())}
+    """pytest-timeout counts fixture setup: the tests of the session model's modules get
+    ``SESSION_MODEL_TIMEOUT``, as the first of them to run also trains that model."""
+    model_modules = _session_model_modules()
     for item in items:
-        module = item.nodeid.split("::")[0]
-        if grouped:
-            item.add_marker(pytest.mark.xdist_group("session-model" if module in uses_model else module))
-        if module in uses_model and not item.get_closest_marker("timeout"):
-            # The first of them also trains the session model (4-5 min on one busy core).
+        if item.nodeid.split("::")[0] in model_modules and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SESSION_MODEL_TIMEOUT))
 
 
@@ -157,3 +178,4 @@ def trained(tmp_path_factory, small_dataset) -> dict:
     result["models_dir"] = work / "models"
     result["config"] = cfg
     return result
+

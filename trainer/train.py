@@ -292,11 +292,15 @@ class Trainer:
         cut = calibrate_threshold(combined, fpr=cfg.anomaly_fpr)
         # The shipped defence, fitted exactly as after training but on this epoch's model; its threshold
         # was set on out-of-fold scores of these clean validation crops, so defence_fpr_val is in-sample.
-        defence, net = None, WithChannelStats(model).eval()
+        # Validation must not change the training run: the fit below puts the model in eval mode, so its mode
+        # is restored before the PGD (which runs in the mode training left it in, as before this curve existed).
+        was_training = model.training
+        defence, net = None, WithChannelStats(model)
         if self._fit_defence_now():
             t_fit = time.monotonic()
             defence = fit_defences(model, scorer, self.crops["train"], self.crops["val"], fpr=cfg.anomaly_fpr,
                                    seed=cfg.seed, names=[cfg.defence])[cfg.defence]  # fmt: skip
+            model.train(was_training)
             row["defence_fit_s"] = time.monotonic() - t_fit
             d_clean = defence.combine(crop_features(defence, scorer, net, self.crops["val"].images))
             row["defence_fpr_val"] = float((d_clean > defence.threshold).mean())
