@@ -12,7 +12,7 @@ demo: setup
 	$(PY) -m forensics.cli demo
 
 test: setup
-	$(PY) -m pytest -n auto --dist loadscope
+	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/ingest.py
