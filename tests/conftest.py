@@ -43,7 +43,7 @@ def _session_model_modules() -> set[str]:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` runs `pytest -n auto --dist loadscope`: each test module runs whole on one worker
+    """`pytest -n 2 --dist loadscope` (not yet `make test`'s way, README): each test module runs whole on one worker
     (its module fixtures are built once), and every module that uses the session model runs on the
     same worker, so that model is trained once while the other worker runs the rest of the suite.
     (xdist's own `loadgroup` marks do not take effect with pytest 9: it rewrites a node id field
