@@ -178,4 +178,3 @@ def trained(tmp_path_factory, small_dataset) -> dict:
     result["models_dir"] = work / "models"
     result["config"] = cfg
     return result
-
