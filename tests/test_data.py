@@ -124,3 +124,17 @@ def test_torch_dataset_gives_augmented_floats_in_unit_range(tmp_path, dataset):
     torch.manual_seed(1)
     b = ds[1][0]
     assert not torch.equal(a, b)  # random flips/rotations/scales differ per draw
+
+
+def test_flip_augmentation_only_mirrors_and_basic_resamples():
+    """``--augment flip``: every draw is the crop or its mirror image, pixel for pixel (to float rounding); ``basic`` rotates
+    and scales, so most draws are neither."""
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
+    exact, mirror = img.float() / 255, img.flip(-1).float() / 255
+    flip, basic = training_transform(32, affine=False), training_transform(32)
+    torch.manual_seed(0)
+    draws = [flip(img) for _ in range(40)]
+    assert all(torch.allclose(d, exact) or torch.allclose(d, mirror) for d in draws)
+    assert any(torch.allclose(d, exact) for d in draws) and any(torch.allclose(d, mirror) for d in draws)
+    resampled = [basic(img) for _ in range(40)]
+    assert sum(not (torch.allclose(d, exact) or torch.allclose(d, mirror)) for d in resampled) >= 30

@@ -23,12 +23,12 @@ from trainer.models import LogitsOnly, WithChannelStats, load_discriminator
 
 
 @pytest.fixture(scope="module")
-def shipped(trained, small_dataset, one_torch_thread):
+def shipped(trained, one_torch_thread):
     """The trained version's worker model, its torch discriminator, and PGD-10 4/255 on every fake test crop."""
     cfg = trained["config"]
     model = load_model(Registry(trained["models_dir"]), trained["version"], intra_op_threads=1)
     D = load_discriminator(trained["models_dir"] / trained["version"] / "discriminator.pt")
-    test = load_recipe_splits([small_dataset], asdict(cfg), cfg.cache_dir)["test"]
+    test = load_recipe_splits(cfg.data, asdict(cfg), cfg.cache_dir)["test"]
     fake = np.where(test.labels == 1)[0]
     x = as_float_tensor(test.images[fake])
     adv = to_uint8(attacks.pgd(LogitsOnly(D), x, torch.ones(len(fake)), 4 / 255, steps=10,

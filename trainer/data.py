@@ -323,9 +323,11 @@ def _progress(total: int, desc: str, enabled: bool):
 # ---- torch side -----------------------------------------------------------------------------
 
 
-def training_transform(size: int, *, strong: bool = False):
+def training_transform(size: int, *, strong: bool = False, affine: bool = True):
     """torchvision v2 pipeline on uint8 CHW tensors -> float32 [3, size, size] in [0, 1].
 
+    Always a random horizontal flip; ``affine`` adds a random rotation and scale (bilinear: it
+    resamples, and so softens, every crop it moves).
     ``strong`` adds what the DFDC winners trained with, each applied at random: JPEG
     compression (quality 30..95), down-and-up resizing (to 35..80 % of the side), blur, colour
     jitter, greyscale, and cut-out (an erased rectangle of 2..15 % of the image).
@@ -333,10 +335,9 @@ def training_transform(size: int, *, strong: bool = False):
     import torch
     from torchvision.transforms import v2
 
-    steps = [
-        v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=20 if not strong else 10, scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR),
-    ]
+    steps = [v2.RandomHorizontalFlip()]
+    if affine or strong:
+        steps.append(v2.RandomAffine(degrees=20 if not strong else 10, scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR))
     if strong:
         steps += [
             v2.RandomApply([v2.JPEG(quality=(30, 95))], p=0.5),

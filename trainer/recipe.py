@@ -68,7 +68,10 @@ class TrainConfig:
     arch: str = "dcgan"  # dcgan (spectral-norm discriminator) | resnet (trainer/backbones.py)
     fakes: str = "labelled"  # labelled | self-blended | both (trainer/sources.py)
     real_only: list[str] = field(default_factory=list)  # folders of real footage (every video REAL)
-    augment: str = "basic"  # basic (flip, affine) | strong (+ compression, resize, colour, cut-out)
+    # flip (mirror only) | basic (flip, affine) | strong (+ compression, resize, colour, cut-out). The affine step
+    # resamples every crop: on the synthetic swaps, whose main trace is a blurred inner face, it halves what a short
+    # run learns (tests/conftest.py's model uses flip; README "Training").
+    augment: str = "basic"
     train_frames: int = 0  # use at most this many crops per training video (0: all cached)
     crop_size: int | None = None  # size of the cached crops (default image_size); larger caches serve smaller models
     crop_detector: str = "blazeface"  # face detector of the crop cache: serve with the same faces.detector

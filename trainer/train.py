@@ -127,7 +127,7 @@ class Trainer:
         from torch.utils.data import DataLoader, DistributedSampler
 
         cfg = self.cfg
-        transform = training_transform(cfg.image_size, strong=cfg.augment == "strong")
+        transform = training_transform(cfg.image_size, strong=cfg.augment == "strong", affine=cfg.augment != "flip")
         if self.provenance["fakes"] in ("self-blended", "both"):
             ds = self_blended_dataset(self.crops["train"], transform, cfg.seed, labelled=self.provenance["fakes"] == "both")
             if ds.stats.blended == 0:

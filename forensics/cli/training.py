@@ -197,8 +197,8 @@ def add_parsers(sub) -> None:
                         "(default: labelled; self-blended with --real-only alone)")
     s.add_argument("--arch", choices=["dcgan", "resnet"], default=RECIPE["arch"],
                    help="detector: spectral-norm DCGAN discriminator or a small from-scratch ResNet")
-    s.add_argument("--augment", choices=["basic", "strong"], default=RECIPE["augment"],
-                   help="strong: + JPEG, resize, blur, colour, cut-out")
+    s.add_argument("--augment", choices=["flip", "basic", "strong"], default=RECIPE["augment"],
+                   help="flip: mirror only; basic: + rotation and scale; strong: + JPEG, resize, blur, colour, cut-out")
     s.add_argument("--crop-size", type=int, help="cache crops at this size (default --size); e.g. 256 to share one cache")
     s.add_argument("--train-frames", type=int, default=RECIPE["train_frames"],
                    help="at most this many crops per training video (0: all)")
