@@ -229,7 +229,15 @@ def read_shards(
         out += read_group(r, stream, consumer, count=count, block_ms=None, group=group)
     if not out:
         wait = max(1, block_ms // len(shards))
-        out = read_group(r, shards[turn % len(shards)], consumer, count=count, block_ms=wait, group=group)
+        try:
+            out = read_group(r, shards[turn % len(shards)], consumer, count=count, block_ms=wait, group=group)
+        except redis.ResponseError as err:
+            # A failover demoted the master this read was blocked on: Redis answers "UNBLOCKED ...
+            # (master -> replica?)", a plain ResponseError that ended the detect loop. It is a
+            # failover like the others (REDIS_DOWN): wait and retry, the client finds the new master.
+            if str(err).startswith("UNBLOCKED"):
+                raise redis.exceptions.TryAgainError(str(err)) from None
+            raise
     return out
 
 
@@ -284,11 +292,13 @@ def replicated(r: redis.Redis, keys: Keys, key: str, *, timeout_ms: int = 1000) 
     client = _node_client(r, node)
     try:
         yield client
-    except redis.ResponseError as err:
-        if str(err).startswith(("MOVED", "ASK")):  # slots moved (resharding): learn the new layout, retry
-            r.nodes_manager.initialize()
-            raise redis.exceptions.TryAgainError(str(err)) from None
-        raise
+    except redis.exceptions.AskError as err:  # MovedError too (a subclass)
+        # The node no longer owns the slot (a failover demoted it, or resharding moved the slot):
+        # learn the new layout and let the caller retry. Matched by type: redis-py strips the
+        # "MOVED"/"ASK" word from the message, and a MovedError (a ResponseError, not one of
+        # REDIS_DOWN) escaping here ended the ingest or detect loop's thread without a log line.
+        r.nodes_manager.initialize()
+        raise redis.exceptions.TryAgainError(f"{type(err).__name__}: {err}") from None
     count, seen = _REPLICAS.get(node.name, (0, -_REPLICAS_TTL_S))
     if time.monotonic() - seen >= _REPLICAS_TTL_S:
         count = int(client.info("replication").get("connected_slaves", 0))

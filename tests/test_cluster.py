@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from forensics.config import load_settings
 from forensics.errors import RedisUnavailable
+from forensics.outage import REDIS_DOWN
 from forensics.redisconn import connect, connect_settings
 from forensics.sources import source_rows
-from forensics.streams import Keys, total_backlog
+from forensics.streams import Keys, replicated, total_backlog
 from tests.media import write_test_video
 from tests.redis_cluster import LocalCluster
 from tests.test_live import RtspServer
@@ -80,6 +82,38 @@ def test_factory_returns_the_cluster_client_and_a_plain_client_is_refused_with_o
     assert type(r).__name__ == "RedisCluster" and len(r.get_primaries()) == 3
     with pytest.raises(RedisUnavailable, match="is a Redis Cluster node: set redis.cluster = true"):
         connect(cluster.url)
+
+
+def test_a_write_to_a_node_that_lost_its_slot_is_retried_not_fatal(cluster, prefix):
+    """A node that no longer owns a slot (a failover demoted it, or the slot moved) answers MOVED to
+    what :func:`replicated` sends it: a retryable REDIS_DOWN error, never a ResponseError that ends the
+    ingest or detect loop's thread; the layout is re-learnt, so the retry goes to the new owner."""
+    r, keys = connect(cluster.url, cluster=True), Keys(prefix, cluster=True)
+    key, slot = keys.alerts, _slot(keys.alerts)
+    nodes = {n.name: redis.Redis(host=n.host, port=n.port) for n in r.get_primaries()}
+    src = r.get_node_from_key(key).name
+    dst = next(name for name in nodes if name != src)
+
+    def give_slot_to(owner: str) -> None:  # the slot holds no key: it can be reassigned at once
+        owner_id = nodes[owner].execute_command("CLUSTER", "MYID")
+        for name in sorted(nodes, key=lambda n: n != owner):  # the new owner first
+            nodes[name].execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner_id)
+
+    def write() -> None:
+        with replicated(r, keys, key) as c:
+            pipe = c.pipeline(transaction=True)
+            pipe.xadd(key, {"n": "1"})
+            pipe.execute()
+
+    give_slot_to(dst)  # r still routes the slot to src
+    try:
+        with pytest.raises(REDIS_DOWN):
+            write()
+        write()
+        assert r.get_node_from_key(key).name == dst and r.xlen(key) == 1
+    finally:
+        r.delete(key)
+        give_slot_to(src)
 
 
 def _settings(tmp_path, url, prefix, trained, **redis):
