@@ -230,7 +230,10 @@ def test_a_killed_master_loses_no_verdict(clips, trained, tmp_path, prefix):
             assert _wait(lambda: len(_verdicts(r, keys)) >= 1, 120)
             killed = c.kill_master_of(keys.alerts)
             assert c.master_port_of(keys.alerts) != killed
-            assert _wait(lambda: len(_verdicts(r, keys)) >= len(clips), 180), [v["file"] for v in _verdicts(r, keys)]
+            # On failure: the files with verdicts, and whether the ingest and detect threads still run (a
+            # loop ended by an error it does not retry leaves no log line; pytest reports it as a warning).
+            assert _wait(lambda: len(_verdicts(r, keys)) >= len(clips), 180), (
+                [v["file"] for v in _verdicts(r, keys)], {"alive": [t.is_alive() for t in threads]})
             time.sleep(1.0)  # would a duplicate show up?
         finally:
             stop.set()
