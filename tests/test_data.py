@@ -138,3 +138,11 @@ def test_flip_augmentation_only_mirrors_and_basic_resamples():
     assert any(torch.allclose(d, exact) for d in draws) and any(torch.allclose(d, mirror) for d in draws)
     resampled = [basic(img) for _ in range(40)]
     assert sum(not (torch.allclose(d, exact) or torch.allclose(d, mirror)) for d in resampled) >= 30
+
+
+def test_an_unknown_augmentation_is_one_config_error(tmp_path):
+    from forensics.errors import ConfigError
+    from trainer.train import TrainConfig, Trainer
+
+    with pytest.raises(ConfigError, match="unknown augment 'rotate'"):
+        Trainer(TrainConfig(data=[str(tmp_path)], augment="rotate"))

@@ -62,7 +62,7 @@ from trainer.models import (
     warm_up_spectral_norm,
 )
 from trainer.ood import gated_rates, ood_flagged_or_gated, ood_sets
-from trainer.recipe import TrainConfig
+from trainer.recipe import AUGMENTS, TrainConfig
 from trainer.registration import register
 from trainer.sbi import self_blended_dataset
 from trainer.sources import load_run_data
@@ -78,6 +78,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
         if cfg.defence not in DEFENCE_CANDIDATES:
             raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {'; '.join(DEFENCE_CANDIDATES)}")
+        if cfg.augment not in AUGMENTS:
+            raise ConfigError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
         self.cfg = cfg
         self.dist = dist or Dist()
         self.log = get_logger(rank=self.dist.rank) if self.dist.on else get_logger()

@@ -11,7 +11,7 @@ from pathlib import Path
 from forensics.cli.stop import stop_event
 from forensics.config import Settings
 from forensics.errors import ConfigError
-from trainer.recipe import TrainConfig
+from trainer.recipe import AUGMENTS, TrainConfig
 
 # The recipe's defaults come from TrainConfig alone (the CLI used to disagree with it).
 RECIPE = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -197,7 +197,7 @@ def add_parsers(sub) -> None:
                         "(default: labelled; self-blended with --real-only alone)")
     s.add_argument("--arch", choices=["dcgan", "resnet"], default=RECIPE["arch"],
                    help="detector: spectral-norm DCGAN discriminator or a small from-scratch ResNet")
-    s.add_argument("--augment", choices=["flip", "basic", "strong"], default=RECIPE["augment"],
+    s.add_argument("--augment", choices=AUGMENTS, default=RECIPE["augment"],
                    help="flip: mirror only; basic: + rotation and scale; strong: + JPEG, resize, blur, colour, cut-out")
     s.add_argument("--crop-size", type=int, help="cache crops at this size (default --size); e.g. 256 to share one cache")
     s.add_argument("--train-frames", type=int, default=RECIPE["train_frames"],
