@@ -93,7 +93,8 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
         killed_at = time.time()
         time.sleep(3.0)  # both workers hit the outage: reads, writes and backpressure checks fail
         assert ingest.poll() is None and detect.poll() is None, "a worker exited while Redis was down"
-        back_at = server.start()
+        restarting = time.time()
+        back_at = server.start()  # when it answered: a worker's retry may get in a few ms before start() returns
         deadline = time.monotonic() + 120
         while len(verdicts()) < len(names):
             assert ingest.poll() is None and detect.poll() is None, "a worker exited after Redis came back"
@@ -114,7 +115,7 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
             assert not [e for e in events if e.get("level") == "error" or "Traceback" in json.dumps(e)]
             reconnects[role] = max(_ts(e) for e in back) - back_at
             assert all(_ts(e) > killed_at for e in lost)
-            assert 0 <= reconnects[role] < 10, reconnects  # reconnected within 10 s of Redis returning
+            assert max(_ts(e) for e in back) >= restarting and reconnects[role] < 10, reconnects  # within 10 s of Redis returning
             # The duration of the outage is in the log. A loop busy scoring or decoding when Redis died notices
             # it later than one blocked on a read, so only the longest of a role's outages spans the 3 s.
             assert all(e["down_s"] > 0 for e in back) and max(e["down_s"] for e in back) >= 2.5, back
