@@ -21,12 +21,21 @@ from forensics.redact import redact
 # Errors that mean "Redis is not there right now" (retry later), as opposed to a bad command.
 # Errors of a Redis that is away, restarting or failing over (a cluster promotes a replica within
 # seconds): the caller waits and retries; what it had not acknowledged stays pending meanwhile.
+# A demoted master answers writes with READONLY (a failover, Sentinel's or a cluster's, or a manual
+# REPLICAOF): the loop waits until its address is a master again (or the client learns the new one).
+# ClusterError is redis-py's "TTL exhausted" (redirections and reconnects during a topology change);
+# RedisClusterException is what re-learning the layout raises while no node answers or the slots are
+# not yet covered. It is also what a command spanning two slots raises (a bug, not an outage): that
+# would show as an outage logged with its message, and the loop stays alive.
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
     ConnectionError,
 )
 

@@ -222,23 +222,29 @@ def read_shards(
     (rotate it between calls) for a share of ``block_ms``.
     """
     shards = keys.frames_shards
-    if not keys.cluster or len(shards) == 1:
-        return _entries(r.xreadgroup(group, consumer, dict.fromkeys(shards, ">"), count=count, block=block_ms))
-    out: list[Entry] = []
-    for stream in shards:
-        out += read_group(r, stream, consumer, count=count, block_ms=None, group=group)
-    if not out:
-        wait = max(1, block_ms // len(shards))
-        try:
+    with _unblocked_is_a_failover():
+        if not keys.cluster or len(shards) == 1:
+            return _entries(r.xreadgroup(group, consumer, dict.fromkeys(shards, ">"), count=count, block=block_ms))
+        out: list[Entry] = []
+        for stream in shards:
+            out += read_group(r, stream, consumer, count=count, block_ms=None, group=group)
+        if not out:
+            wait = max(1, block_ms // len(shards))
             out = read_group(r, shards[turn % len(shards)], consumer, count=count, block_ms=wait, group=group)
-        except redis.ResponseError as err:
-            # A failover demoted the master this read was blocked on: Redis answers "UNBLOCKED ...
-            # (master -> replica?)", a plain ResponseError that ended the detect loop. It is a
-            # failover like the others (REDIS_DOWN): wait and retry, the client finds the new master.
-            if str(err).startswith("UNBLOCKED"):
-                raise redis.exceptions.TryAgainError(str(err)) from None
-            raise
-    return out
+        return out
+
+
+@contextmanager
+def _unblocked_is_a_failover() -> Iterator[None]:
+    """A failover demoted the master a blocking read waited on: Redis answers "UNBLOCKED ... (master ->
+    replica?)", a plain ResponseError that ended the detect loop. It is a failover like the others
+    (REDIS_DOWN): wait and retry; the client finds the new master, or the address is a master again."""
+    try:
+        yield
+    except redis.ResponseError as err:
+        if str(err).startswith("UNBLOCKED"):
+            raise redis.exceptions.TryAgainError(str(err)) from None
+        raise
 
 
 def _entries(reply) -> list[Entry]:

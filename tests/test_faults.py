@@ -1,5 +1,5 @@
 """Faults (issue 16): Redis SIGKILLed (3 s) or SIGTERMed (60 s, under `forensics up`) and restarted
-under running ingest and detect processes. (Live sources: tests/test_live.py; the 30-minute mix:
+under running ingest and detect processes, or demoted to a replica for 3 s and promoted back. (Live sources: tests/test_live.py; the 30-minute mix:
 bench/soak.py.)
 
 Real redis-server with append-only persistence (appendfsync always), real H.264 files, the
@@ -44,6 +44,32 @@ def _env(server: RedisProcess, prefix: str, tmp_path: Path, models: Path, **sett
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **ours}
 
 
+def _clips_and_workers(server: RedisProcess, prefix: str, tmp_path: Path, models: Path):
+    """Six 1.5 s H.264 clips (not yet dropped) and an ingest and a detect process on ``server`` that
+    send and read two-frame batches: returns (watch folder, clip names, ingest, detect)."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    env = _env(server, prefix, tmp_path, models, INGEST__SAMPLE="fps", INGEST__FPS="10", INGEST__BATCH_SIZE="2",
+               INGEST__HIGH_WATER="4", DETECT__CLAIM_IDLE_MS="2000", DETECT__BLOCK_MS="200")  # fmt: skip
+    names = []
+    for i in range(6):
+        names.append(f"clip{i}.mp4")
+        write_test_video(tmp_path / names[-1], frames=45, fps=30, width=64, height=48, gop=15)
+    ingest = _role(["ingest", "--watch", str(watch)], env, tmp_path / "ingest.log")
+    detect = _role(["detect", "--consumer", "d1"], env, tmp_path / "detect.log")
+    return watch, names, ingest, detect
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _log_events(path: Path) -> list[dict]:
     out = []
     for line in path.read_text(errors="replace").splitlines():
@@ -63,16 +89,7 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
     server = RedisProcess(tmp_path / "redis", free_port())
     server.start()
     prefix = "fault"
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    env = _env(server, prefix, tmp_path, tiny_models, INGEST__SAMPLE="fps", INGEST__FPS="10", INGEST__BATCH_SIZE="2",
-               INGEST__HIGH_WATER="4", DETECT__CLAIM_IDLE_MS="2000", DETECT__BLOCK_MS="200")  # fmt: skip
-    names = []
-    for i in range(6):
-        names.append(f"clip{i}.mp4")
-        write_test_video(tmp_path / names[-1], frames=45, fps=30, width=64, height=48, gop=15)
-    ingest = _role(["ingest", "--watch", str(watch)], env, tmp_path / "ingest.log")
-    detect = _role(["detect", "--consumer", "d1"], env, tmp_path / "detect.log")
+    watch, names, ingest, detect = _clips_and_workers(server, prefix, tmp_path, tiny_models)
     r = redis.Redis.from_url(server.url)
     keys = Keys(prefix)
 
@@ -121,13 +138,7 @@ def test_redis_sigkill_and_restart_under_ingest_and_detect_loses_and_duplicates_
             assert all(e["down_s"] > 0 for e in back) and max(e["down_s"] for e in back) >= 2.5, back
         print(json.dumps({"reconnect_after_restart_s": {k: round(v, 2) for k, v in reconnects.items()}}))
     finally:
-        for p in (ingest, detect):
-            p.terminate()
-        for p in (ingest, detect):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(ingest, detect)
         r.close()
         server.stop()
 
@@ -209,3 +220,84 @@ def test_forensics_up_rides_out_a_60_s_redis_outage_without_restarting_a_role(tm
             up.kill()
         r.close()
         server.stop()
+
+
+def _offset(r: redis.Redis) -> int:
+    return int(r.info("replication")["master_repl_offset"])
+
+
+@pytest.mark.slow
+def test_a_demoted_redis_under_ingest_and_detect_is_an_outage_not_a_dead_loop(tmp_path, tiny_models):
+    """A manual failover that demotes the workers' Redis to a replica for 3 s and then promotes it back
+    (writes paused, the replica caught up, roles swapped, unpaused: no write is lost by the swap). The
+    workers' writes get READONLY and a blocked read is UNBLOCKED ("master -> replica"); both used to be
+    plain ResponseErrors that ended the detect loop. Now both are outages: logged, retried, and every
+    file gets exactly one verdict."""
+    server = RedisProcess(tmp_path / "redis", free_port())
+    server.start()
+    other = RedisProcess(tmp_path / "redis-b", free_port())
+    other.start()
+    prefix = "demote"
+    watch, names, ingest, detect = _clips_and_workers(server, prefix, tmp_path, tiny_models)
+    a, b = redis.Redis.from_url(server.url), redis.Redis.from_url(other.url)
+    b.replicaof("127.0.0.1", server.server.port)
+    keys = Keys(prefix)
+
+    def verdicts() -> list[str]:
+        try:
+            return [json.loads(f[b"event"])["file"] for _i, f in a.xrange(keys.alerts) if b'"kind":"verdict"' in f[b"event"]]
+        except redis.ConnectionError:
+            return []
+
+    def swap(new: redis.Redis, old: redis.Redis, port: int) -> None:
+        """Promote ``new`` and make ``old`` its replica, with ``old``'s writers paused until ``new`` has all."""
+        old.client_pause(10_000, all=False)  # WRITE: writers wait, readers go on
+        deadline = time.monotonic() + 10
+        while _offset(new) < _offset(old):
+            assert time.monotonic() < deadline, "the replica did not catch up"
+            time.sleep(0.01)
+        new.replicaof("NO", "ONE")
+        old.replicaof("127.0.0.1", port)
+        old.client_unpause()
+
+    try:
+        deadline = time.monotonic() + 30
+        while a.info("replication")["connected_slaves"] < 1:
+            assert time.monotonic() < deadline, "the replica did not connect"
+            time.sleep(0.05)
+        for name in names:
+            os.replace(tmp_path / name, watch / name)
+        deadline = time.monotonic() + 60
+        while len(verdicts()) < 2:
+            assert time.monotonic() < deadline, "no verdict before the fault"
+            time.sleep(0.05)
+        demoted_at = time.time()
+        swap(b, a, other.server.port)
+        time.sleep(3.0)  # the workers' writes answer READONLY
+        assert ingest.poll() is None and detect.poll() is None, "a worker exited while its Redis was a replica"
+        promoted_at = time.time()
+        swap(a, b, server.server.port)
+        deadline = time.monotonic() + 60
+        while len(verdicts()) < len(names):
+            assert ingest.poll() is None and detect.poll() is None, "a worker exited after the failover back"
+            assert time.monotonic() < deadline, (
+                f"only {len(verdicts())} of {len(names)} verdicts",
+                (tmp_path / "detect.log").read_text()[-1500:], (tmp_path / "ingest.log").read_text()[-1500:])
+            time.sleep(0.1)
+        time.sleep(1.0)  # a duplicate would show up now
+        assert sorted(verdicts()) == sorted(names)  # every file exactly one verdict
+        for role, log in (("ingest", tmp_path / "ingest.log"), ("detect", tmp_path / "detect.log")):
+            events = _log_events(log)
+            lost = [e for e in events if e.get("event", "").startswith("lost the connection to Redis")]
+            back = [e for e in events if e.get("event") == "connected to Redis again"]
+            assert lost and back, (role, log.read_text()[-2000:])
+            assert all(demoted_at <= _ts(e) for e in lost) and all(_ts(e) >= promoted_at for e in back), (lost, back)
+            assert not [e for e in events if e.get("level") == "error" or "Traceback" in json.dumps(e)], role
+        print(json.dumps({role: sorted({e["error"].split(":")[0] for e in _log_events(tmp_path / f"{role}.log")
+                                        if "error" in e}) for role in ("ingest", "detect")}))  # fmt: skip
+    finally:
+        _stop(ingest, detect)
+        a.close()
+        b.close()
+        server.stop()
+        other.stop()
