@@ -69,6 +69,8 @@ def test_attacks_lower_accuracy_and_respect_their_bounds(result):
     for name in ("fgsm@8/255", "pgd@8/255", "deepfool", "adaptive@8/255", "pgd@unbounded"):
         assert rows[name]["success_rate"] > 0, name
     assert rows["pgd@unbounded"]["success_rate"] >= 0.95
+    within = rows["deepfool"]["success_within"]  # DeepFool inside the L-inf balls: never more than unbounded
+    assert within["4/255"] <= within["8/255"] <= rows["deepfool"]["success_rate"]
     bb = result["blackbox"]
     assert bb["images"] == 2 and bb["found_rate"] == 1.0 and all(r["queries"] <= 150 for r in bb["per_image"])
     assert np.isfinite(result["clean"]["frame_auc"]) and 0 <= result["clean"]["frame_accuracy"] <= 1

@@ -21,7 +21,8 @@
   input-quality gate with the face check of the model's crop detector (``no_face``): "flagged or
   gated", issue 17;
 - sanity checks (Carlini et al. 2019 "On evaluating adversarial robustness"): success rises with
-  eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD,
+  eps, more steps/restarts never lower it, unbounded PGD reaches >= 95%, FGSM <= PGD, DeepFool
+  inside 8/255 <= PGD there (``success_within`` on its row: DeepFool is unbounded),
   black-box (HopSkipJump, Square) <= white-box, input gradients are not zero.
 
 Attack success is always the share of correctly detected fakes (frame prob > frame threshold)
@@ -207,6 +208,13 @@ def run_evaluation(model: FeatureModel, query: QueryFn, scorer: MahalanobisScore
         record("pgd@unbounded", "pgd_unbounded", 1.0, xa, err, steps=2 * steps, restarts=1)
         xa, err = safe(lambda: attacks.deepfool(LogitsOnly(model, z_thr), xf, steps=50))
         record("deepfool", "deepfool", None, xa, err)
+        # DeepFool is unbounded (the smallest L2 step over the boundary): its success within an L-inf budget
+        # is the share of fakes it fooled with a perturbation inside that ball, comparable with PGD's there.
+        df = adv_store["deepfool"][0]
+        df_linf = (df - xf).flatten(1).abs().amax(dim=1).numpy()
+        df_fooled = adv_store["deepfool"][1] <= z_thr
+        attack_rows["deepfool"]["success_within"] = {
+            eps_label(e): float((df_fooled & (df_linf <= e + 1e-6)).mean()) for e in (4 / 255, 8 / 255)}  # fmt: skip
         # Adaptive attack on classifier + detector: the shipped defence (BPDA through its squeezers) when
         # the version has one, else the pooled scorer. Run to convergence in result["defence"].
         if shipped is not None:
@@ -419,6 +427,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "success": {k: v["success_rate"] for k, v in rows.items()},
         "deepfool_median_l2": rows.get("deepfool", {}).get("median_l2"),
         "deepfool_median_linf": rows.get("deepfool", {}).get("median_linf"),
+        "deepfool_success_within": rows.get("deepfool", {}).get("success_within"),
         "blackbox": {
             k: result["blackbox"][k]
             for k in ("success_rate", "median_linf", "median_l2", "median_queries", "images")

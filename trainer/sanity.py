@@ -1,8 +1,8 @@
 """Sanity checks of a robustness evaluation (Carlini et al. 2019, "On evaluating adversarial
 robustness"): success rises with eps, more steps/restarts never lower it, unbounded PGD reaches
->= 95%, FGSM <= PGD, black-box (HopSkipJump, Square) <= white-box, adaptive >= plain PGD on the
-whole defence (the shipped second line when the version has one), input gradients are not zero,
-every attack stays in [0,1] and its L-inf ball. A failed check means the numbers are not to be
+>= 95%, FGSM <= PGD, DeepFool inside 8/255 <= PGD there, black-box (HopSkipJump, Square) <= white-box,
+adaptive >= plain PGD on the whole defence (the shipped second line when the version has one), input
+gradients are not zero, every attack stays in [0,1] and its L-inf ball. A failed check means the numbers are not to be
 trusted (gradient masking or a broken attack), not that the model is weak."""
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ def sanity_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         f"tolerance {tol:.3f}",
         expected=f"one-step FGSM never beats iterated PGD (slack {slack})",
     )
+    within = rows.get("deepfool", {}).get("success_within", {}).get("8/255")
+    if within is not None and "pgd@8/255" in rows:
+        pgd8 = rows["pgd@8/255"]["success_rate"]
+        add("DeepFool within 8/255 <= PGD-10 at 8/255", within <= pgd8 + tol, {"deepfool": within, "pgd": pgd8},
+            f"tolerance {tol:.3f}", expected="the fakes DeepFool fools inside the 8/255 ball are no more than "
+            f"PGD fools there: PGD searches that ball, DeepFool only steps over the boundary (slack {slack})")  # fmt: skip
     bb = result.get("blackbox", {})
     bbs, wbs = bb.get("success_rate", float("nan")), bb.get("white_box_pgd_same_images", float("nan"))
     if bb.get("images"):
