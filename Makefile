@@ -12,7 +12,7 @@ demo: setup
 	$(PY) -m forensics.cli demo
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
 
 bench: setup
 	$(PY) bench/ingest.py

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -35,31 +39,11 @@ def pytest_runtest_makereport(item, call):
 
 
 def _session_model_modules() -> set[str]:
-    """Test modules (as in node ids) with a test or fixture that takes the session model ``trained``:
-    read from the source, because xdist's scheduler runs in the controller, which does not collect."""
+    """Test modules (as in node ids) with a test or fixture that takes the session model ``trained``,
+    read from the source."""
     takes_model = re.compile(r"^\s*def \w+\([^)]*\btrained\b", re.MULTILINE)
     tests = ROOT / "tests"
     return {f"tests/{p.name}" for p in tests.glob("test_*.py") if takes_model.search(p.read_text())}
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """`pytest -n 2 --dist loadscope` (not yet `make test`'s way, README): each test module runs whole on one worker
-    (its module fixtures are built once), and every module that uses the session model runs on the
-    same worker, so that model is trained once while the other worker runs the rest of the suite.
-    (xdist's own `loadgroup` marks do not take effect with pytest 9: it rewrites a node id field
-    pytest no longer reads.)"""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    model_modules = _session_model_modules()
-
-    class SessionModelScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "session-model" if module in model_modules else module
-
-    return SessionModelScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -152,6 +136,25 @@ def small_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def shared_once(tmp_path_factory, name: str, make: Callable[[Path], dict]) -> dict:
+    """Make a session resource once for the whole run, also under pytest-xdist (`make test` runs
+    `pytest -n 2`): the first worker to ask makes it in a folder both workers see, under a file lock,
+    and writes ``make``'s JSON result beside it; the other worker waits on the lock and reads that.
+    (pytest-xdist's documented recipe; JSON, not pickle, crosses the folder.)"""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return make(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / name  # the run's folder, above each worker's own
+    done = root / "made.json"
+    with FileLock(f"{root}.lock"):
+        if not done.exists():
+            root.mkdir(exist_ok=True)
+            result = make(root)
+            done.write_text(json.dumps(result))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def detector_dataset(tmp_path_factory) -> Path:
     """128 short synthetic DFDC-format videos (0.8 s, obvious swaps) for the session's trained model.
@@ -160,9 +163,11 @@ def detector_dataset(tmp_path_factory) -> Path:
     not the swap (new clips near chance, labels in detect a coin toss); 64 training scenes generalise."""
     from trainer.synth import generate_dataset
 
-    root = tmp_path_factory.mktemp("dfdc-detector")
-    generate_dataset(root, 128, seed=21, seconds=0.8, difficulty=0.0)
-    return root
+    def make(root: Path) -> dict:
+        generate_dataset(root, 128, seed=21, seconds=0.8, difficulty=0.0)
+        return {"root": str(root)}
+
+    return Path(shared_once(tmp_path_factory, "dfdc-detector", make)["root"])
 
 
 # The session model's crops come from Haar, so tests that serve it in face mode use Haar too. On the
@@ -174,33 +179,40 @@ SERVE_DETECTOR = "haar"
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, detector_dataset) -> dict:
-    """One real training run (GAN + PGD phases, export, registry), shared by trainer and detect tests.
+    """One real training run (GAN + PGD phases, export, registry), shared by trainer and detect tests
+    (and by both xdist workers: ``shared_once``). Tests read it, never change it: they copy the registry
+    to change it. Holds ``version``, ``path``, ``promoted``, ``models_dir`` and ``config``.
 
     On one torch thread whichever test asks first (a module may have set fewer or more): the run's
     numbers, and so the model, do not depend on the test order or on pytest-xdist."""
-    import torch
+    from trainer.train import TrainConfig
 
-    from trainer.train import TrainConfig, train
+    def make(work: Path) -> dict:
+        import torch
 
-    work = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(
-        data=[str(detector_dataset)], image_size=64, frames_per_video=6, gan_epochs=10, adv_epochs=2,
-        batch_size=32, lr=1e-3, adv_lr=5e-4, eval_subset=64, eval_pgd_steps=5, val_share=0.25, test_share=0.25, progress=False,
-        run_dir=str(work / "run"), cache_dir=str(work / "crops"), models_dir=str(work / "models"),
-        crop_detector="haar",  # the synthetic faces were drawn for Haar: see SERVE_DETECTOR
-        # The end-of-training report on a few crops and queries (the default took ~2/3 of this run).
-        report_budget={"max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 24, "square_images": 4,
-                       "square_tracks": 1, "square_queries": 300, "adaptive_frames": 8, "adaptive_tracks": 2},
-        val_defence_every=5,  # the per-epoch curve fits the shipped defence on epochs 5, 10, 11, 12 (issue 17)
-        # Mirror only: the default's rotation and scale resample, and so blur, every crop, and the synthetic
-        # swaps' main trace is a blurred face (measured in the README, "Training").
-        augment="flip", threads=1,
-    )  # fmt: skip
-    threads = torch.get_num_threads()
-    try:
-        result = train(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    result["models_dir"] = work / "models"
-    result["config"] = cfg
-    return result
+        from trainer.train import train
+
+        cfg = TrainConfig(
+            data=[str(detector_dataset)], image_size=64, frames_per_video=6, gan_epochs=10, adv_epochs=2,
+            batch_size=32, lr=1e-3, adv_lr=5e-4, eval_subset=64, eval_pgd_steps=5, val_share=0.25, test_share=0.25,
+            progress=False, run_dir=str(work / "run"), cache_dir=str(work / "crops"), models_dir=str(work / "models"),
+            crop_detector="haar",  # the synthetic faces were drawn for Haar: see SERVE_DETECTOR
+            # The end-of-training report on a few crops and queries (the default took ~2/3 of this run).
+            report_budget={"max_fakes": 16, "blackbox_images": 2, "blackbox_queries": 150, "ood_n": 24,
+                           "square_images": 4, "square_tracks": 1, "square_queries": 300, "adaptive_frames": 8,
+                           "adaptive_tracks": 2},
+            val_defence_every=5,  # the per-epoch curve fits the shipped defence on epochs 5, 10, 11, 12 (issue 17)
+            # Mirror only: the default's rotation and scale resample, and so blur, every crop, and the synthetic
+            # swaps' main trace is a blurred face (measured in the README, "Training").
+            augment="flip", threads=1,
+        )  # fmt: skip
+        threads = torch.get_num_threads()
+        try:
+            result = train(cfg)
+        finally:
+            torch.set_num_threads(threads)
+        return {"version": result["version"], "path": result["path"], "promoted": result["promoted"],
+                "models_dir": cfg.models_dir, "config": asdict(cfg)}  # fmt: skip
+
+    result = shared_once(tmp_path_factory, "session-model", make)
+    return {**result, "models_dir": Path(result["models_dir"]), "config": TrainConfig(**result["config"])}

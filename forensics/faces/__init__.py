@@ -87,14 +87,27 @@ def face_presence(detector: str) -> Callable[[np.ndarray], np.ndarray]:
     Runs ``detector`` (``blazeface`` or ``haar``: the one a model's crops were made with, recorded
     in its manifest) on each crop enlarged to 128 px, where a crop made with the usual 1/3 margin
     holds a face of about 77 px (Haar looks for faces of 24 px and up: at 40 px it took half the time
-    but missed the face in 17% of whole 320x240 frames, bench/face_check.py). The retraining screen uses
-    it: a labelled sample whose crops show no face is out of distribution whatever the model's features
-    say; so does the quality gate's ``no_face`` (forensics/quality.py).
+    but missed the face in 17% of whole 320x240 frames, bench/face_check.py). With BlazeFace, a
+    detection counts only when the face landmark model, run on it as ingest does, also says there is
+    a face (its presence score >= 0.5, as ``FaceMesh``): BlazeFace alone found a "face" in 27% of
+    non-face patches and 29% of heavily blurred crops, the landmark model rejects nearly all of them
+    and none of the face crops (README "Input quality", bench/face_check.py). The retraining screen
+    uses it: a labelled sample whose crops show no face is out of distribution whatever the model's
+    features say; so does the quality gate's ``no_face`` (forensics/quality.py).
     """
     import cv2
 
-    det = build_detector(FaceSettings(detector=detector if detector in ("blazeface", "haar") else "haar", min_face=24))
+    from forensics.faces.pixels import RgbPixels
+
+    settings = FaceSettings(detector=detector if detector in ("blazeface", "haar") else "haar", min_face=24)
+    det, mesh = build_detector(settings), build_refiner(settings)  # mesh: BlazeFace's landmark model, else None
     assert det is not None
+
+    def confirmed(big: np.ndarray, faces: list[Face]) -> bool:
+        if mesh is None:
+            return len(faces) > 0
+        pixels = RgbPixels(big)
+        return any(mesh.refine(pixels, f).mesh is not None for f in faces[:2])  # the two best detections
 
     def check(images: np.ndarray) -> np.ndarray:
         out = np.zeros(len(images), bool)
@@ -104,7 +117,7 @@ def face_presence(detector: str) -> Callable[[np.ndarray], np.ndarray]:
                 big = cv2.cvtColor(big, cv2.COLOR_RGB2GRAY)
             elif det.colour == "bgr":
                 big = cv2.cvtColor(big, cv2.COLOR_RGB2BGR)
-            out[i] = len(det.detect(big, 1.0)) > 0
+            out[i] = confirmed(big, det.detect(big, 1.0))
         return out
 
     return check
