@@ -8,6 +8,7 @@ fakes (computed here), the share of clean test fakes and reals called FAKE at th
 model that calls nearly every crop FAKE, or whose detected fakes sit far above its threshold, "resists"
 attacks trivially), a threshold-free check (``robust_frame_auc``: frame AUC after PGD-10 at 4/255 pushes
 each crop of a seeded subset of ``--robust-n`` REAL and as many FAKE test crops toward the other class),
+the shipped defence's clean false-positive rate on the test videos (the trainer's, every video weighted equally),
 and the adversarial phase's training time (budget clock and wall seconds, epochs). A version trained
 with ``--adv-epochs 0`` is the standard (non-adversarial) row.
 
@@ -77,6 +78,8 @@ def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
         "fakes_called_fake": float((probs[test.labels == 1] > thr).mean()),
         "reals_called_fake": float((probs[test.labels == 0] > thr).mean()),
         "robust_frame_auc": robust_auc(model, x, test.labels, robust_n, config.get("seed", 0)) if robust_n else None,
+        # the shipped defence's clean false-positive rate on these test videos (target: config anomaly_fpr)
+        "defence_clean_fpr_test": meta["test"].get("ood_detection", {}).get("clean_test_fpr"),
         "adv_epochs": len(adv_hist),
         "adv_budget_s": sum(h.get("budget_s", h["train_s"]) for h in adv_hist),
         "adv_wall_s": sum(h["train_s"] for h in adv_hist),

@@ -107,7 +107,7 @@ def test_trades_inner_maximisation_raises_the_kl(one_torch_thread):
 
 
 def test_eps_schedules_and_the_time_budget():
-    base = TrainConfig(data=[], eps=6 / 255, adv_epochs=5, eps_steps=3)
+    base = TrainConfig(data=[], adv_objective="pgd", eps=6 / 255, adv_epochs=5, eps_steps=3)
     assert [round(eps_at(base, p) * 255, 3) for p in (0, 0.3, 0.4, 0.7, 1)] == [2, 2, 4, 6, 6]
     ramp = dataclasses.replace(base, eps_schedule="ramp", eps_ramp=0.5)
     assert eps_at(ramp, 0) == pytest.approx(0.6 / 255) and eps_at(ramp, 0.25) == pytest.approx(3.3 / 255)
@@ -145,6 +145,10 @@ def test_train_options_reach_the_recipe(tmp_path):
     assert (cfg.eps_schedule, cfg.eps_ramp, cfg.grad_align) == ("ramp", 0.3, 0.0)
     default = train_config(build_parser().parse_args(["train", "--data", "D"]), settings)
     assert (default.adv_objective, default.adv_time_s, default.eps_schedule) == (TrainConfig.adv_objective, 0.0, "steps")
+    assert default.adv_objective == "fgsm-rs" and default.adv_epochs == 10  # measured default (README)
+    for legacy, objective in (("pgd", "pgd"), ("fgsm", "fgsm-rs")):
+        args = build_parser().parse_args(["train", "--data", "D", "--adv-mode", legacy])
+        assert train_config(args, settings).adv_objective == objective
 
 
 def test_grad_align_adds_a_differentiable_penalty(one_torch_thread):

@@ -259,7 +259,8 @@ def test_time_cap_keeps_the_adversarial_phase_and_stops_at_epoch_boundaries():
     from trainer.timecap import TimeCap, adversarial_cost
 
     log = get_logger()
-    assert adversarial_cost(3) == 2.5 and adversarial_cost(10, "fgsm") == 1.5
+    assert adversarial_cost(3) == 2.5 and adversarial_cost(10, "fgsm") == adversarial_cost(10, "fgsm-rs") == 1.5
+    assert adversarial_cost(3, "trades") == adversarial_cost(3, "mart") == 5
     off = TimeCap(0)
     assert not off.end_clean_phase(1e6, 2, log) and not off.stop(1e6, 1, 2, log) and not off.capped
     cap = TimeCap(1.0, adv_cost=2.5, start=time.monotonic() - 30)  # 30 s of a 60 s cap used

@@ -13,9 +13,13 @@ import time
 from dataclasses import dataclass, field
 
 
-def adversarial_cost(pgd_steps: int, mode: str = "pgd") -> float:
-    """Cost of an adversarial epoch in clean epochs: half of each batch gets ``pgd_steps`` extra forward+backward passes."""
-    return 1 + 0.5 * (1 if mode == "fgsm" else pgd_steps)
+def adversarial_cost(pgd_steps: int, objective: str = "pgd") -> float:
+    """Cost of an adversarial epoch in clean epochs (forward+backward passes per example): ``pgd`` and
+    ``fgsm-rs`` attack half of each batch (``pgd_steps`` or one extra pass), ``trades`` and ``mart`` the
+    whole batch and score its clean and adversarial halves (measured: 2x a ``pgd`` epoch, README)."""
+    if objective in ("trades", "mart"):
+        return 2 + pgd_steps
+    return 1 + 0.5 * (1 if objective in ("fgsm", "fgsm-rs") else pgd_steps)
 
 
 @dataclass

@@ -50,7 +50,7 @@ def run_demo(settings: Settings, *, videos: int = 240, samples: int = 6, gan_epo
             shutil.rmtree(data, ignore_errors=True)
             generate_dataset(data, videos, seed=11)
             (data / "done").touch()
-        print("[demo] training a 64px model (GAN phase, then PGD adversarial phase) ...", flush=True)
+        print("[demo] training a 64px model (GAN phase, then adversarial phase) ...", flush=True)
         out = train(TrainConfig(data=[str(data)], gan_epochs=gan_epochs, adv_epochs=adv_epochs,
                                 run_dir=str(root / "train"), cache_dir=str(root / "crops"),
                                 models_dir=str(settings.models_dir)))  # fmt: skip

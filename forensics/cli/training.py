@@ -46,6 +46,13 @@ def _pixel_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a radius like 4/255 or 0.0157") from None
 
 
+def _objective(args: argparse.Namespace) -> str:
+    """--adv-objective, else the legacy --adv-mode's (pgd, fgsm: fgsm-rs), else the recipe's default."""
+    if args.adv_objective:
+        return args.adv_objective
+    return {"pgd": "pgd", "fgsm": "fgsm-rs"}.get(args.adv_mode or "", RECIPE["adv_objective"])
+
+
 def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
     """The run's recipe from ``forensics train``'s options."""
     if not args.data and not args.real_only:
@@ -72,8 +79,7 @@ def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         gan_epochs=args.gan_epochs,
         adv_epochs=args.adv_epochs,
         batch_size=args.batch_size,
-        adv_mode=args.adv_mode,
-        adv_objective=args.adv_objective,
+        adv_objective=_objective(args),
         adv_mix=args.adv_mix,
         adv_beta=args.adv_beta,
         grad_align=args.grad_align,
@@ -213,9 +219,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--gan-epochs", type=int, default=RECIPE["gan_epochs"])
     s.add_argument("--adv-epochs", type=int, default=RECIPE["adv_epochs"])
     s.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    s.add_argument("--adv-objective", choices=["pgd", "trades", "mart", "fgsm-rs"], default=RECIPE["adv_objective"],
-                   help="adversarial-phase objective: PGD-AT, TRADES, MART, or FGSM with random start (cheap)")
-    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=RECIPE["adv_mode"], help="legacy: fgsm = --adv-objective fgsm-rs")
+    s.add_argument("--adv-objective", choices=["pgd", "trades", "mart", "fgsm-rs"], default=None,
+                   help=f"adversarial-phase objective: PGD-AT, TRADES, MART, or FGSM with random start (default "
+                        f"{RECIPE['adv_objective']}: README, Adversarial training)")
+    s.add_argument("--adv-mode", choices=["pgd", "fgsm"], default=None,
+                   help="legacy: pgd = --adv-objective pgd, fgsm = --adv-objective fgsm-rs")
     s.add_argument("--adv-mix", type=float, default=RECIPE["adv_mix"],
                    help="share of each batch made adversarial (pgd, fgsm-rs; 1: Madry's all-adversarial)")
     s.add_argument("--adv-beta", type=float, default=RECIPE["adv_beta"], help="weight of the KL term (trades, mart)")
