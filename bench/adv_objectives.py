@@ -8,7 +8,8 @@ fakes (computed here), the share of clean test fakes and reals called FAKE at th
 model that calls nearly every crop FAKE, or whose detected fakes sit far above its threshold, "resists"
 attacks trivially), a threshold-free check (``robust_frame_auc``: frame AUC after PGD-10 at 4/255 pushes
 each crop of a seeded subset of ``--robust-n`` REAL and as many FAKE test crops toward the other class),
-the shipped defence's clean false-positive rate on the test videos (the trainer's, every video weighted equally),
+the shipped defence's clean false-positive rate on the test videos (the trainer's, every video weighted equally)
+and, in-sample, on the validation videos its threshold was set on,
 and the adversarial phase's training time (budget clock and wall seconds, epochs). A version trained
 with ``--adv-epochs 0`` is the standard (non-adversarial) row.
 
@@ -54,6 +55,25 @@ def robust_auc(model, x: torch.Tensor, labels: np.ndarray, n: int, seed: int) ->
     return {"clean": roc_auc(predict(model, x[idx])[0], labels[idx]), "pgd10_4/255": roc_auc(predict(model, xa)[0], labels[idx])}
 
 
+def defence_val_fpr(art, model, data: list[str], config: dict) -> float | None:
+    """The shipped defence's clean false-positive rate on the recipe's validation videos, in-sample (its
+    threshold was set on out-of-fold scores of these crops; every video weighted equally), for comparison
+    with its rate on the test videos."""
+    from forensics.defence import Defence
+    from forensics.scoring import MahalanobisScorer
+    from trainer.calibration import exceedance
+    from trainer.data import load_recipe_splits
+    from trainer.defence import crop_features
+    from trainer.models import WithChannelStats
+
+    if not (art.path / "defence.npz").exists():
+        return None
+    val = load_recipe_splits(data, config, config["cache_dir"], which=("val",), workers=1)["val"]
+    d = Defence.load(art.path / "defence.npz")
+    scores = d.combine(crop_features(d, MahalanobisScorer.load(art.scorer_path), WithChannelStats(model).eval(), val.images))
+    return exceedance(scores, val.video, d.threshold)
+
+
 def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
     art = Registry(models_dir).load()
     meta, config = version_recipe(art)
@@ -80,6 +100,7 @@ def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
         "robust_frame_auc": robust_auc(model, x, test.labels, robust_n, config.get("seed", 0)) if robust_n else None,
         # the shipped defence's clean false-positive rate on these test videos (target: config anomaly_fpr)
         "defence_clean_fpr_test": meta["test"].get("ood_detection", {}).get("clean_test_fpr"),
+        "defence_clean_fpr_val": defence_val_fpr(art, model, data, config),
         "adv_epochs": len(adv_hist),
         "adv_budget_s": sum(h.get("budget_s", h["train_s"]) for h in adv_hist),
         "adv_wall_s": sum(h["train_s"] for h in adv_hist),
