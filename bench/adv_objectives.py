@@ -61,17 +61,13 @@ def defence_val_fpr(art, model, data: list[str], config: dict) -> float | None:
     with its rate on the test videos."""
     from forensics.defence import Defence
     from forensics.scoring import MahalanobisScorer
-    from trainer.calibration import exceedance
     from trainer.data import load_recipe_splits
-    from trainer.defence import crop_features
-    from trainer.models import WithChannelStats
+    from trainer.defence import clean_rates
 
     if not (art.path / "defence.npz").exists():
         return None
     val = load_recipe_splits(data, config, config["cache_dir"], which=("val",), workers=1)["val"]
-    d = Defence.load(art.path / "defence.npz")
-    scores = d.combine(crop_features(d, MahalanobisScorer.load(art.scorer_path), WithChannelStats(model).eval(), val.images))
-    return exceedance(scores, val.video, d.threshold)
+    return clean_rates(Defence.load(art.path / "defence.npz"), MahalanobisScorer.load(art.scorer_path), model, val)["crop"]
 
 
 def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
