@@ -37,7 +37,7 @@ from forensics.logs import get_logger
 from forensics.quality import face_check_detector, face_checker
 from forensics.scoring import calibrate_threshold
 from trainer import attacks
-from trainer.adversarial import AdversarialPhase, eps_at, objective_of
+from trainer.adversarial import AdversarialPhase, eps_at
 from trainer.calibration import calibrated_scorer, decision_thresholds, fit_scorer
 from trainer.data import (
     CropCache,
@@ -344,8 +344,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_minutes and self.dist.on:
             raise ConfigError("max_minutes is single-process only (ranks would stop after different epochs)")
-        cap, last_s = TimeCap(cfg.max_minutes, adversarial_cost(cfg.pgd_train_steps, objective_of(cfg)), t_start), None
         self.adv = AdversarialPhase(cfg, len(loader), self.history, self.dist.on)
+        cap, last_s = TimeCap(cfg.max_minutes, adversarial_cost(cfg.pgd_train_steps, self.adv.objective), t_start), None
         t0 = time.monotonic()
         while self.epoch < self.gan_epochs + cfg.adv_epochs:
             phase = "gan" if self.epoch < self.gan_epochs else "adv"
