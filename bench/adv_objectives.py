@@ -10,7 +10,9 @@ attacks trivially), a threshold-free check (``robust_frame_auc``: frame AUC afte
 each crop of a seeded subset of ``--robust-n`` REAL and as many FAKE test crops toward the other class),
 the shipped defence's clean false-positive rate on the test videos (the trainer's, every video weighted equally)
 and, in-sample, on the validation videos its threshold was set on,
-and the adversarial phase's training time (budget clock and wall seconds, epochs). A version trained
+PGD-10 at 4/255 on the model's own training crops (the same rule: seeded detected training fakes; a
+much lower rate there than on test is robust overfitting, Rice et al. 2020, the gap that more data
+closes, Schmidt et al. 2018), and the adversarial phase's training time (budget clock and wall seconds, epochs). A version trained
 with ``--adv-epochs 0`` is the standard (non-adversarial) row.
 
     python bench/adv_objectives.py --data DIR --models MODELS_DIR [--models MODELS_DIR ...] [--robust-n 64]
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,17 +74,68 @@ def defence_val_fpr(art, model, data: list[str], config: dict) -> float | None:
     return clean_rates(Defence.load(art.path / "defence.npz"), MahalanobisScorer.load(art.scorer_path), model, val)["crop"]
 
 
-def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
+def detected_fakes(model, x: torch.Tensor, labels: np.ndarray, thr: float, config: dict) -> np.ndarray:
+    """The trainer's rule (trainer/heldout.py): correctly detected fakes, a seeded subset of eval_subset."""
+    probs = sigmoid(predict(model, x)[0])
+    fakes = np.where((labels == 1) & (probs > thr))[0]
+    return np.sort(np.random.default_rng(config.get("seed", 0)).permutation(fakes)[: config.get("eval_subset", 256)])
+
+
+def pgd_success(model, x: torch.Tensor, labels: np.ndarray, thr: float, config: dict) -> dict[str, float | int]:
+    """PGD-10 at 4/255 success (called real at the frame threshold) on the detected fakes of a split."""
+    fakes = detected_fakes(model, x, labels, thr, config)
+    xa = attacks.pgd(LogitsOnly(model), x[fakes], torch.ones(len(fakes)), RADII["4/255"], steps=10,
+                     generator=torch.Generator().manual_seed(config.get("seed", 0)))
+    fooled = predict(model, xa)[0] <= logit(thr)
+    # By clean margin (logit above the threshold's logit), in thirds of the attacked fakes: whether the
+    # crops that fall are the barely detected ones or any.
+    margin = predict(model, x[fakes])[0] - logit(thr)
+    edges = np.quantile(margin, [1 / 3, 2 / 3]) if len(fakes) else np.zeros(2)
+    third = np.digitize(margin, edges)
+    return {"pgd10_4/255": float(fooled.mean()), "attacked": len(fakes),
+            "fakes_called_fake": float((sigmoid(predict(model, x)[0])[labels == 1] > thr).mean()),
+            "by_margin_third": [{"margin_logit": [float(margin[third == k].min()), float(margin[third == k].max())],
+                                 "pgd10_4/255": float(fooled[third == k].mean())} for k in range(3) if (third == k).any()]}
+
+
+def split_gap(model, data: list[str], config: dict, thr: float, test_x: torch.Tensor, test_labels: np.ndarray) -> dict:
+    """PGD-10 at 4/255 on the recipe's training split (what the model was fitted on, no augmentation) and on
+    the test split, computed the same way here (same attack, seed and subset rule)."""
+    from trainer.data import load_recipe_splits
+
+    train = load_recipe_splits(data, config, config["cache_dir"], which=("train",), workers=1)["train"]
+    return {"train": pgd_success(model, as_float_tensor(train.images), train.labels, thr, config),
+            "test": pgd_success(model, test_x, test_labels, thr, config)}
+
+
+@dataclass
+class VersionOnTest:
+    """A models dir's registered version with its recipe's held-out test crops and frame threshold."""
+
+    art: Any
+    meta: dict
+    config: dict
+    test: Any  # trainer.data.CropSet
+    x: torch.Tensor
+    thr: float
+    model: torch.nn.Module
+
+
+def version_on_test(models_dir: Path, data: list[str]) -> VersionOnTest:
+    """Load the version in ``models_dir`` and its test split (same split, seed and crops as the trainer's)."""
     art = Registry(models_dir).load()
     meta, config = version_recipe(art)
     test = load_test_split(data, config, config["cache_dir"], workers=1)
-    x = as_float_tensor(test.images)
-    thr = art.manifest["thresholds"]["frame_prob"]
     model = load_discriminator(art.path / "discriminator.pt").eval()
+    return VersionOnTest(art, meta, config, test, as_float_tensor(test.images),
+                         art.manifest["thresholds"]["frame_prob"], model)
+
+
+def row_for(models_dir: Path, data: list[str], robust_n: int, train_split: bool = True) -> dict:
+    v = version_on_test(models_dir, data)
+    art, meta, config, test, x, thr, model = v.art, v.meta, v.config, v.test, v.x, v.thr, v.model
     probs = sigmoid(predict(model, x)[0])
-    # The trainer's rule (trainer/heldout.py): correctly detected fakes, a seeded subset of eval_subset.
-    fakes = np.where((test.labels == 1) & (probs > thr))[0]
-    fakes = np.sort(np.random.default_rng(config.get("seed", 0)).permutation(fakes)[: config.get("eval_subset", 256)])
+    fakes = detected_fakes(model, x, test.labels, thr, config)
     adv_hist = [h for h in meta["history"] if h["phase"] == "adv"]
     res = meta["test"]["adversarially_trained"]
     return {
@@ -97,6 +152,7 @@ def row_for(models_dir: Path, data: list[str], robust_n: int) -> dict:
         # the shipped defence's clean false-positive rate on these test videos (target: config anomaly_fpr)
         "defence_clean_fpr_test": meta["test"].get("ood_detection", {}).get("clean_test_fpr"),
         "defence_clean_fpr_val": defence_val_fpr(art, model, data, config),
+        "split_gap": split_gap(model, data, config, thr, x, test.labels) if train_split else None,
         "adv_epochs": len(adv_hist),
         "adv_budget_s": sum(h.get("budget_s", h["train_s"]) for h in adv_hist),
         "adv_wall_s": sum(h["train_s"] for h in adv_hist),
@@ -109,9 +165,11 @@ def main() -> None:
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--models", action="append", required=True, type=Path, help="a models dir holding one version")
     ap.add_argument("--robust-n", type=int, default=64, help="REAL and FAKE crops each for robust_frame_auc (0: off)")
+    ap.add_argument("--no-train-split", action="store_true", help="skip split_gap (PGD on the training split's fakes)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(json.dumps({"rows": [row_for(d, args.data, args.robust_n) for d in args.models]}, indent=1))
+    rows = [row_for(d, args.data, args.robust_n, not args.no_train_split) for d in args.models]
+    print(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

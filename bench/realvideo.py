@@ -151,7 +151,7 @@ def score_checkpoint(path: Path, cache_root: Path, test_videos, *, pgd_max: int,
     state = torch.load(path, map_location="cpu", weights_only=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
-    D = build_detector(cfg.arch, cfg.image_size)
+    D = build_detector(cfg.arch, cfg.image_size, cfg.width)
     D.load_state_dict(state["D"])
     D.eval()
     cache = CropCache(cache_root, CropConfig(size=cfg.crop_size or cfg.image_size, frames_per_video=cfg.frames_per_video))

@@ -150,3 +150,34 @@ def test_image_size_must_be_a_power_of_two():
         build_discriminator(96)
     with pytest.raises(ValueError, match="power of two"):
         build_generator(4)
+
+
+@pytest.mark.parametrize("arch, width, dims", [("dcgan", 0, (32, 64, 128)), ("dcgan", 48, (48, 96, 192)),
+                                               ("resnet", 8, (8, 16, 32, 64))])
+def test_detector_width_is_saved_and_reloaded(tmp_path, arch, width, dims):
+    """`forensics train --width` (issue 17's capacity runs): the widths survive discriminator.pt, and the
+    reloaded detector gives the same logits (an old file without base_width loads as the default)."""
+    from trainer.models import build_detector, detector_config, load_discriminator
+
+    torch.manual_seed(0)
+    d = build_detector(arch, 32, width).eval()
+    assert tuple(d.feature_dims) == dims
+    torch.save({"state_dict": d.state_dict(), **detector_config(d)}, tmp_path / "d.pt")
+    e = load_discriminator(tmp_path / "d.pt")
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(e(x)[0], d(x)[0])
+    if arch == "dcgan" and not width:
+        legacy = {"state_dict": d.state_dict(), "arch": "dcgan", "image_size": 32, "layer_gain": 2.0}
+        torch.save(legacy, tmp_path / "old.pt")
+        assert tuple(load_discriminator(tmp_path / "old.pt").feature_dims) == dims
+
+
+@pytest.mark.parametrize("width", [-8, 7])
+def test_trainer_rejects_a_bad_width(tmp_path, width):
+    from forensics.errors import ConfigError
+    from trainer.recipe import TrainConfig
+    from trainer.train import Trainer
+
+    with pytest.raises(ConfigError, match="width"):
+        Trainer(TrainConfig(data=[str(tmp_path)], width=width))

@@ -108,6 +108,7 @@ class Discriminator(TappedFeatures, nn.Module):
         # (val AUC 0.65 after 8 epochs on synthetic swaps, vs 0.92 with this gain). A fixed
         # gain per layer keeps the Lipschitz bound explicit: layer_gain ** (blocks + 1).
         self.layer_gain = float(layer_gain)
+        self.base_width, self.max_width = int(base_width), int(max_width)
         widths = [min(base_width * 2**i, max_width) for i in range(n_blocks)]
         self.feature_dims: tuple[int, ...] = tuple(widths)
         blocks = []
@@ -245,16 +246,23 @@ def build_generator(image_size: int, latent_dim: int = LATENT_DIM) -> Generator:
 ARCHITECTURES = ("dcgan", "resnet")
 
 
-def build_detector(arch: str, image_size: int) -> nn.Module:
+def build_detector(arch: str, image_size: int, width: int = 0) -> nn.Module:
     """The detector of architecture ``arch``: ``dcgan`` (:class:`Discriminator`) or ``resnet``
     (:class:`trainer.backbones.ResNetDetector`); both take float32 [N,3,S,S] in [0,1] and return
-    (logits [N], tapped features)."""
+    (logits [N], tapped features). ``width`` is the first stage's channel count, doubling per
+    stage (0: the architecture's default, 32 for dcgan, 16 for resnet); the dcgan cap of 256
+    channels rises to 8x a larger width."""
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
     if arch == "dcgan":
-        return build_discriminator(image_size)
+        if not width:
+            return build_discriminator(image_size)
+        return build_discriminator(image_size, base_width=width, max_width=max(256, 8 * width))
     if arch == "resnet":
-        from trainer.backbones import ResNetDetector  # noqa: PLC0415
+        from trainer.backbones import DEFAULT_WIDTHS, ResNetDetector  # noqa: PLC0415
 
-        return ResNetDetector(image_size)
+        widths = tuple(width * 2**i for i in range(len(DEFAULT_WIDTHS))) if width else DEFAULT_WIDTHS
+        return ResNetDetector(image_size, widths=widths)
     raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
 
 
@@ -262,7 +270,8 @@ def detector_config(model: nn.Module) -> dict:
     """What :func:`load_discriminator` needs besides the state dict (saved in ``discriminator.pt``)."""
     if hasattr(model, "config"):
         return model.config()
-    return {"arch": "dcgan", "image_size": model.image_size, "layer_gain": model.layer_gain}
+    return {"arch": "dcgan", "image_size": model.image_size, "layer_gain": model.layer_gain,
+            "base_width": model.base_width, "max_width": model.max_width}
 
 
 def load_discriminator(path, map_location: str = "cpu") -> nn.Module:
@@ -277,7 +286,9 @@ def load_discriminator(path, map_location: str = "cpu") -> nn.Module:
         d = ResNetDetector(int(state["image_size"]), widths=tuple(state["widths"]), depth=int(state["depth"]))
         d.load_state_dict(state["state_dict"])
         return d.eval()
-    d = Discriminator(int(state["image_size"]), layer_gain=float(state.get("layer_gain", 2.0)))
+    # base_width / max_width: absent in files written before the width option (the defaults then)
+    d = Discriminator(int(state["image_size"]), base_width=int(state.get("base_width", 32)),
+                      max_width=int(state.get("max_width", 256)), layer_gain=float(state.get("layer_gain", 2.0)))
     d.load_state_dict(state["state_dict"])
     return d.eval()
 

@@ -72,6 +72,7 @@ class TrainConfig:
     parent: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     arch: str = "dcgan"  # dcgan (spectral-norm discriminator) | resnet (trainer/backbones.py)
+    width: int = 0  # detector's first-stage channels, doubling per stage (0: the arch's default: 32 dcgan, 16 resnet)
     fakes: str = "labelled"  # labelled | self-blended | both (trainer/sources.py)
     real_only: list[str] = field(default_factory=list)  # folders of real footage (every video REAL)
     # flip (mirror only) | basic (flip, affine) | strong (+ compression, resize, colour, cut-out). The affine step

@@ -80,6 +80,8 @@ class Trainer:
             raise ConfigError(f"unknown defence {cfg.defence!r}: choose one of {'; '.join(DEFENCE_CANDIDATES)}")
         if cfg.augment not in AUGMENTS:
             raise ConfigError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
+        if cfg.width < 0 or (cfg.width and cfg.width % 2):
+            raise ConfigError(f"width must be 0 (the architecture's default) or a positive even number, got {cfg.width}")
         self.cfg = cfg
         self.dist = dist or Dist()
         self.log = get_logger(rank=self.dist.rank) if self.dist.on else get_logger()
@@ -152,7 +154,7 @@ class Trainer:
     def build_models(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.D = build_detector(cfg.arch, cfg.image_size).to(self.device)
+        self.D = build_detector(cfg.arch, cfg.image_size, cfg.width).to(self.device)
         self.G = build_generator(cfg.image_size).to(self.device)
         if cfg.arch == "dcgan":
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -392,7 +394,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.monotonic()
         D = self.D.eval()
-        standard = build_detector(cfg.arch, cfg.image_size)
+        standard = build_detector(cfg.arch, cfg.image_size, cfg.width)
         standard.load_state_dict(self.standard_state)
         warm_up_spectral_norm(standard, iters=5)
         standard.eval()

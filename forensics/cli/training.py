@@ -65,6 +65,7 @@ def train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         max_minutes=args.max_minutes,
         fakes=args.fakes or ("self-blended" if not args.data else "labelled"),
         arch=args.arch,
+        width=args.width,
         augment=args.augment,
         crop_size=args.crop_size,
         train_frames=args.train_frames,
@@ -203,6 +204,8 @@ def add_parsers(sub) -> None:
                         "(default: labelled; self-blended with --real-only alone)")
     s.add_argument("--arch", choices=["dcgan", "resnet"], default=RECIPE["arch"],
                    help="detector: spectral-norm DCGAN discriminator or a small from-scratch ResNet")
+    s.add_argument("--width", type=int, default=RECIPE["width"],
+                   help="detector capacity: first-stage channels, doubling per stage (0: 32 dcgan, 16 resnet)")
     s.add_argument("--augment", choices=AUGMENTS, default=RECIPE["augment"],
                    help="flip: mirror only; basic: + rotation and scale; strong: + JPEG, resize, blur, colour, cut-out")
     s.add_argument("--crop-size", type=int, help="cache crops at this size (default --size); e.g. 256 to share one cache")
