@@ -188,3 +188,22 @@ def test_robust_frame_auc_is_threshold_free_and_sees_the_margin():
         out = robust_auc(_Brightness(), x, labels, n=20, seed=0)
         assert out["clean"] == 1.0
         assert out["pgd10_4/255"] == (1.0 if survives else 0.0), (gap, out)
+
+
+def test_pgd_success_by_margin_third_falls_where_the_margin_is_inside_the_radius():
+    """bench/adv_objectives.py's split_gap rows (issue 17): on the brightness model a fake is fooled by PGD-10
+    at 4/255 exactly when its mean brightness is within 4/255 of 0.5 (the threshold). Fakes spread evenly
+    from 0.5 + 1/255 to 0.5 + 10/255: the lowest-margin third (up to 3.9/255) falls, the others do not."""
+    from bench.adv_objectives import pgd_success
+
+    levels = 0.5 + np.linspace(1, 10, 60) / 255
+    labels = np.concatenate([np.zeros(20, int), np.ones(60, int)])
+    x = torch.tensor(np.concatenate([np.full(20, 0.4), levels])[:, None, None, None] * np.ones((1, 3, 8, 8)),
+                     dtype=torch.float32)  # fmt: skip
+    out = pgd_success(_Brightness(), x, labels, 0.5, {"seed": 0, "eval_subset": 256})
+    thirds = [t["pgd10_4/255"] for t in out["by_margin_third"]]
+    assert out["attacked"] == 60
+    assert thirds == [1.0, 0.0, 0.0], out
+    # margins below 4/255 (as logits: 50 x brightness gap) are the fooled share, within rounding of a level
+    inside = float((levels - 0.5 < 4 / 255).mean())
+    assert abs(out["pgd10_4/255"] - inside) <= 1 / 60 + 1e-9, (out, inside)
