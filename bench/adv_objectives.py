@@ -74,26 +74,26 @@ def defence_val_fpr(art, model, data: list[str], config: dict) -> float | None:
     return clean_rates(Defence.load(art.path / "defence.npz"), MahalanobisScorer.load(art.scorer_path), model, val)["crop"]
 
 
-def detected_fakes(model, x: torch.Tensor, labels: np.ndarray, thr: float, config: dict) -> np.ndarray:
+def detected_fakes(probs: np.ndarray, labels: np.ndarray, thr: float, config: dict) -> np.ndarray:
     """The trainer's rule (trainer/heldout.py): correctly detected fakes, a seeded subset of eval_subset."""
-    probs = sigmoid(predict(model, x)[0])
     fakes = np.where((labels == 1) & (probs > thr))[0]
     return np.sort(np.random.default_rng(config.get("seed", 0)).permutation(fakes)[: config.get("eval_subset", 256)])
 
 
 def pgd_success(model, x: torch.Tensor, labels: np.ndarray, thr: float, config: dict) -> dict[str, float | int]:
     """PGD-10 at 4/255 success (called real at the frame threshold) on the detected fakes of a split."""
-    fakes = detected_fakes(model, x, labels, thr, config)
+    logits = predict(model, x)[0]
+    fakes = detected_fakes(sigmoid(logits), labels, thr, config)
     xa = attacks.pgd(LogitsOnly(model), x[fakes], torch.ones(len(fakes)), RADII["4/255"], steps=10,
                      generator=torch.Generator().manual_seed(config.get("seed", 0)))
     fooled = predict(model, xa)[0] <= logit(thr)
     # By clean margin (logit above the threshold's logit), in thirds of the attacked fakes: whether the
     # crops that fall are the barely detected ones or any.
-    margin = predict(model, x[fakes])[0] - logit(thr)
+    margin = logits[fakes] - logit(thr)
     edges = np.quantile(margin, [1 / 3, 2 / 3]) if len(fakes) else np.zeros(2)
     third = np.digitize(margin, edges)
     return {"pgd10_4/255": float(fooled.mean()), "attacked": len(fakes),
-            "fakes_called_fake": float((sigmoid(predict(model, x)[0])[labels == 1] > thr).mean()),
+            "fakes_called_fake": float((sigmoid(logits)[labels == 1] > thr).mean()),
             "by_margin_third": [{"margin_logit": [float(margin[third == k].min()), float(margin[third == k].max())],
                                  "pgd10_4/255": float(fooled[third == k].mean())} for k in range(3) if (third == k).any()]}
 
@@ -135,7 +135,7 @@ def row_for(models_dir: Path, data: list[str], robust_n: int, train_split: bool 
     v = version_on_test(models_dir, data)
     art, meta, config, test, x, thr, model = v.art, v.meta, v.config, v.test, v.x, v.thr, v.model
     probs = sigmoid(predict(model, x)[0])
-    fakes = detected_fakes(model, x, test.labels, thr, config)
+    fakes = detected_fakes(probs, test.labels, thr, config)
     adv_hist = [h for h in meta["history"] if h["phase"] == "adv"]
     res = meta["test"]["adversarially_trained"]
     return {

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.adv_objectives import version_on_test
+from bench.adv_objectives import detected_fakes, version_on_test
 from trainer.metrics import predict, roc_auc, sigmoid
 
 
@@ -65,9 +65,9 @@ def row_for(models_dir: Path, data: list[str], eps: float) -> dict:
     art, config, test, x, thr, model = v.art, v.config, v.test, v.x, v.thr, v.model
     probs = sigmoid(predict(model, x)[0])
     seed = config.get("seed", 0)
-    rng = np.random.default_rng(seed)
-    fakes = np.sort(rng.permutation(np.where((test.labels == 1) & (probs > thr))[0])[:256])
-    reals = np.sort(rng.permutation(np.where((test.labels == 0) & (probs <= thr))[0])[:256])
+    rng = np.random.default_rng([seed, 1])  # the reals' subset; the fakes' is the trainer's rule
+    fakes = detected_fakes(probs, test.labels, thr, config)
+    reals = np.sort(rng.permutation(np.where((test.labels == 0) & (probs <= thr))[0])[: config.get("eval_subset", 256)])
     flips: dict[str, dict[str, float]] = {}
     for idx, name, flipped in ((fakes, "fakes_called_real", lambda p: p <= thr), (reals, "reals_called_fake", lambda p: p > thr)):
         for kind, xp in perturbations(x[idx], eps, seed).items():
